@@ -1,0 +1,30 @@
+"""The `bertline` command: one entry point, one subcommand per stage of the product."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: bertline <command> [options]
+
+commands:
+  prepare   corpus files → balanced WebDataset shards of BERT samples (an Apache Beam job)
+
+Run `bertline <command> --help` for a command's options."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "prepare":
+        from pipeline.__main__ import main as prepare
+
+        return prepare(rest)
+    print(f"bertline: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

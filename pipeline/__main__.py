@@ -1,0 +1,248 @@
+"""`python -m pipeline` / `bertline prepare`: corpus files → balanced WebDataset shards of BERT samples.
+
+    bertline prepare --input 'corpus/*.txt' --output shards/ [--config configs/pipeline/default.yaml]
+        [--pairs.max_seq_length 128 …] [Beam flags: --runner … --direct_num_workers 2 …]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from bertline.config import load_config, parse_overrides
+from bertline.errors import UserError, find_user_error
+from pipeline.config import PrepareConfig
+
+log = logging.getLogger("bertline.pipeline")
+DEFAULT_RUNNER = "FnApiRunner"
+
+
+def default_corpus() -> str:
+    """CPython's pydoc topics written as a BERT-format corpus (real prose present on every machine)."""
+    from pydoc_data.topics import topics
+
+    from pipeline.segment import normalize_line
+
+    cache = Path.home() / ".cache" / "bertline"
+    path = cache / f"pydoc_topics-{sys.version_info.major}.{sys.version_info.minor}.txt"
+    documents = []
+    for name in sorted(topics):
+        paragraphs = []
+        for block in topics[name].split("\n\n"):
+            lines = block.split("\n")
+            # Indented blocks are grammar and code examples, not prose.
+            if any(line.startswith("   ") for line in lines) or ">>>" in block:
+                continue
+            text = normalize_line(" ".join(lines))
+            if len(text.split()) >= 4:
+                paragraphs.append(text)
+        if paragraphs:
+            documents.append("\n".join(paragraphs))
+    text = "\n\n".join(documents) + "\n"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        cache.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def code_revision() -> str:
+    """The git commit of this checkout (with -dirty for local edits), or the package version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        from bertline import __version__
+
+        return f"bertline-{__version__}"
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuse a folder holding a finished run (unless overwrite); clear our old files; check it is writable."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline import write
+
+    completed = FileSystems.join(output, write.COMPLETED)
+    if FileSystems.exists(completed):
+        if not overwrite:
+            raise UserError(f"output folder {output} already holds a completed run; pass --overwrite to replace it or choose another --output")
+        FileSystems.delete([completed])  # first, so a crash below never leaves a stale marker
+    try:
+        if "://" not in output:
+            Path(output).mkdir(parents=True, exist_ok=True)
+        old = FileSystems.match([FileSystems.join(output, pattern) for pattern in ("*.tar", "*.tar.tmp-*", write.MANIFEST, "spm.model", "vocab.txt")])
+        stale = [m.path for result in old for m in result.metadata_list]
+        if stale:
+            FileSystems.delete(stale)
+        probe = FileSystems.join(output, ".bertline-write-probe")
+        with FileSystems.create(probe) as handle:
+            handle.write(b"ok")
+        FileSystems.delete([probe])
+    except (OSError, Exception) as exc:  # Beam wraps OSError in BeamIOError
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"output folder {output} is not writable ({exc.__class__.__name__}); choose another --output or fix its permissions") from None
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, PrepareConfig, list[str]]:
+    overrides, rest = parse_overrides(argv, PrepareConfig)
+    parser = argparse.ArgumentParser(
+        prog="bertline prepare", allow_abbrev=False,
+        description="Corpus files → balanced, byte-reproducible WebDataset shards of BERT pretraining samples. "
+        "Config keys are overridden as --section.key VALUE; other flags go to Beam's PipelineOptions.",
+    )
+    parser.add_argument("--input", action="append", default=[], help="A file or glob (.txt/.jsonl/.parquet, optionally .gz); repeatable. Default: CPython's pydoc topics.")
+    parser.add_argument("--output", required=True, help="The folder to write shards, manifest.json and COMPLETED into.")
+    parser.add_argument("--config", default=None, help="A YAML config (see configs/pipeline/).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace a folder that already holds a completed run.")
+    args, beam_args = parser.parse_known_args(rest)
+    config = load_config(PrepareConfig, args.config, overrides)
+    if not any(arg.startswith("--runner") for arg in beam_args):
+        beam_args = [f"--runner={DEFAULT_RUNNER}", *beam_args]
+    return args, config, beam_args
+
+
+def read_tokenizer_file(config: PrepareConfig) -> bytes | None:
+    """The given tokenizer file's bytes, validated on the driver; None when the job trains one."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline import tokenizer
+
+    if config.tokenizer.kind == "sentencepiece_train":
+        return None
+    path = config.tokenizer.path
+    try:
+        with FileSystems.open(path) as handle:
+            data = handle.read()
+    except Exception as exc:
+        raise UserError(f"tokenizer file {path} cannot be read ({exc.__class__.__name__}); check tokenizer.path") from None
+    kind = "wordpiece" if config.tokenizer.kind == "wordpiece" else "sentencepiece"
+    tokenizer.load_tokenizer(kind, data, config.tokenizer.lowercase, source=f"tokenizer file {path}")
+    return data
+
+
+def build(pipeline, plan, ranges, tokenizer_file: bytes | None):
+    """Wire the job. Element shapes are noted above each PCollection."""
+    import apache_beam as beam
+
+    from pipeline import transforms
+
+    # InputRange: one file or byte range of a file
+    inputs = pipeline | "PlanInputs" >> beam.Create(ranges, reshuffle=False)
+    # (document key, [sentence])
+    documents = inputs | "ReadCorpus" >> transforms.ReadCorpus(plan)
+    if tokenizer_file is None:
+        # About 60 bytes a sentence: sample twice what the trainer keeps, then keep the smallest hashes.
+        expected_sentences = max(1, plan.total_input_bytes // 60)
+        keep_below = min(1.0, 2.0 * plan.config.tokenizer.sample_sentences / expected_sentences)
+        # bytes of the trained SentencePiece model (one element)
+        tokenizer_files = documents | "TrainSentencePiece" >> transforms.TrainSentencePiece(plan, keep_below)
+    else:
+        tokenizer_files = pipeline | "GivenTokenizer" >> beam.Create([tokenizer_file], reshuffle=False)
+    files_view = beam.pvalue.AsList(tokenizer_files)
+    # ((split, provisional shard), SampleBatch)
+    batches = documents | "MakeSamples" >> transforms.MakeSamples(plan, files_view)
+    # the manifest's per-split summary (one element)
+    return batches | "WriteShards" >> transforms.WriteShards(plan, files_view)
+
+
+def print_counters(result) -> None:
+    try:
+        counters = result.metrics().query()["counters"]
+    except NotImplementedError:
+        print("counters: this runner does not report Beam metrics; see manifest.json for sample and token totals")
+        return
+    totals: dict[str, int] = {}
+    for counter in counters:
+        if counter.key.metric.namespace == "bertline":
+            name = counter.key.metric.name
+            totals[name] = totals.get(name, 0) + (counter.committed if counter.committed is not None else counter.attempted)
+    print("counters:")
+    for name in sorted(totals):
+        print(f"  {name:36s} {totals[name]:>14,}")
+
+
+def run(argv: list[str]) -> dict:
+    """Run the job; returns the manifest written to --output."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import read, transforms, write
+
+    args, config, beam_args = parse_args(argv)
+    patterns = args.input or [default_corpus()]
+    ranges, described = read.plan_inputs(patterns, config.input.split_bytes)
+    tokenizer_file = read_tokenizer_file(config)
+    prepare_output(args.output, args.overwrite)
+    total_bytes = sum(f["bytes"] for f in described)
+    runner = next(arg.split("=", 1)[1] for arg in beam_args if arg.startswith("--runner="))
+    plan = transforms.JobPlan(
+        config=config,
+        output=args.output,
+        num_buckets=max(1, math.ceil(total_bytes / config.pairs.bucket_bytes)),
+        total_input_bytes=total_bytes,
+        tokenizer_kind="wordpiece" if config.tokenizer.kind == "wordpiece" else "sentencepiece",
+        inputs=tuple(described),
+        code_revision=code_revision(),
+        show_progress=runner == DEFAULT_RUNNER and sys.stderr.isatty(),
+    )
+    log.info("reading %d files (%d ranges, %.1f MB) into %s", len(described), len(ranges), total_bytes / 1e6, args.output)
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    build(pipeline, plan, ranges, tokenizer_file)
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+        print_counters(result)
+    finally:
+        client = getattr(result, "client", None)  # the DaskRunner leaves its client open
+        if client is not None:
+            client.close()
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(FileSystems.join(args.output, write.COMPLETED)):
+        raise UserError(f"the job finished but {args.output} has no COMPLETED marker; the runner dropped the final step (see docs/runners.md)")
+    with FileSystems.open(FileSystems.join(args.output, write.MANIFEST)) as handle:
+        return json.loads(handle.read())
+
+
+def summary(output: str, manifest: dict) -> str:
+    lines = [f"shards:   {output}", f"manifest: {output.rstrip('/')}/manifest.json"]
+    tok = manifest["tokenizer"]
+    lines.append(f"tokenizer: {tok['kind']} {tok['file']} (vocab {tok['vocab_size']:,}, sha256 {tok['sha256'][:12]})")
+    for split, info in manifest["splits"].items():
+        lines.append(
+            f"{split:10s} {info['shards']} shards × {info['samples_per_shard']:,} samples = {info['samples']:,} "
+            f"({info['tokens']:,} tokens, {info['masked_tokens']:,} masked, {info['random_next']:,} random-next; "
+            f"remainder dropped: {info['dropped_remainder']})"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)
+    try:
+        manifest = run(argv)
+    except Exception as exc:
+        sentence = find_user_error(exc)
+        if sentence is None:
+            raise
+        print(f"bertline prepare: error: {sentence}", file=sys.stderr)
+        return 2
+    output = next(argv[i + 1] for i, arg in enumerate(argv) if arg == "--output") if "--output" in argv else \
+        next(arg.split("=", 1)[1] for arg in argv if arg.startswith("--output="))
+    print(summary(output, manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The preprocessing config tree: `configs/pipeline/*.yaml` plus dotted overrides (`--pairs.dupe_factor 5`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from bertline.config import Section
+
+
+class InputConfig(Section):
+    """How input files are read. Format comes from the extension: .txt, .jsonl, .parquet, each optionally .gz."""
+
+    text_field: str = Field("text", description="Field holding a document's text in .jsonl input.")
+    text_column: str = Field("text", description="Column holding a document's text in .parquet input.")
+    encoding: str = Field("utf-8", description="Text encoding of .txt/.jsonl input (ASCII-compatible); bad bytes become U+FFFD and are counted.")
+    split_bytes: int = Field(
+        8 << 20, ge=1 << 16,
+        description="Uncompressed .txt/.jsonl files larger than this are read as several byte ranges in parallel.",
+    )
+
+
+class NormalizeConfig(Section):
+    """Text clean-up and sentence splitting, before tokenization."""
+
+    nfkc: bool = Field(False, description="Apply Unicode NFKC normalization (folds full-width forms, ligatures).")
+    max_sentence_chars: int = Field(
+        2000, ge=16,
+        description="A sentence longer than this (e.g. a line without punctuation) is cut into chunks of at most this many characters.",
+    )
+
+
+class TokenizerConfig(Section):
+    """Which tokenizer turns sentences into ids."""
+
+    kind: Literal["sentencepiece_train", "sentencepiece", "wordpiece"] = Field(
+        "sentencepiece_train",
+        description="Train SentencePiece inside the job, use a given SentencePiece model, or a given BERT WordPiece vocab.txt.",
+    )
+    model_type: Literal["unigram", "bpe"] = Field("unigram", description="SentencePiece algorithm when training.")
+    vocab_size: int = Field(8000, ge=64, le=1 << 20, description="Vocabulary size when training SentencePiece (special tokens included).")
+    character_coverage: float = Field(
+        0.9995, gt=0.0, le=1.0,
+        description="Share of characters SentencePiece must cover when training (0.9995 for CJK-heavy text, 1.0 for small alphabets).",
+    )
+    sample_sentences: int = Field(
+        300_000, ge=100, description="At most this many sentences (a deterministic hash sample of the corpus) train SentencePiece."
+    )
+    path: str | None = Field(None, description="The SentencePiece .model (kind=sentencepiece) or WordPiece vocab.txt (kind=wordpiece).")
+    lowercase: bool = Field(True, description="WordPiece only: lower-case and strip accents (uncased BERT); false for cased vocabularies.")
+
+    @model_validator(mode="after")
+    def _path_matches_kind(self) -> "TokenizerConfig":
+        if self.kind != "sentencepiece_train" and not self.path:
+            raise ValueError(f"tokenizer.kind={self.kind} needs tokenizer.path (the model or vocab file)")
+        return self
+
+
+class PairsConfig(Section):
+    """Sentence pairs for Next Sentence Prediction, as in Google's create_pretraining_data.py."""
+
+    max_seq_length: int = Field(128, ge=8, le=65535, description="Tokens per sample including [CLS] and two [SEP].")
+    short_seq_prob: float = Field(0.1, ge=0.0, le=1.0, description="Probability that a sample targets a random shorter length.")
+    random_next_prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability that segment B comes from another document.")
+    dupe_factor: int = Field(5, ge=1, le=1000, description="Passes over each document, each with its own pairs and masks.")
+    bucket_bytes: int = Field(
+        16 << 20, ge=1 << 10,
+        description="Documents are hashed into buckets of about this many input bytes; random-next segments come from the same bucket.",
+    )
+    single_sentence_documents: Literal["drop", "random_next"] = Field(
+        "drop",
+        description="A one-sentence document cannot form an actual-next pair: drop it (counted) or pair it with a random segment like Google's script.",
+    )
+
+
+class MaskingConfig(Section):
+    """Static Masked-LM masks stored with each sample (the loader can re-mask dynamically from the original tokens)."""
+
+    masked_lm_prob: float = Field(0.15, gt=0.0, lt=1.0, description="Share of tokens chosen for prediction.")
+    max_predictions_per_seq: int = Field(20, ge=1, description="Upper bound on predicted tokens per sample.")
+    mask_token_prob: float = Field(0.8, ge=0.0, le=1.0, description="Of chosen tokens, the share replaced by [MASK].")
+    random_token_prob: float = Field(0.1, ge=0.0, le=1.0, description="Of chosen tokens, the share replaced by a random token (the rest stay).")
+    whole_word: bool = Field(False, description="Choose whole words: WordPiece ## continuations, SentencePiece ▁ word starts, each CJK piece a word.")
+
+    @model_validator(mode="after")
+    def _probabilities_sum(self) -> "MaskingConfig":
+        if self.mask_token_prob + self.random_token_prob > 1.0 + 1e-9:
+            raise ValueError("masking.mask_token_prob + masking.random_token_prob must not exceed 1")
+        return self
+
+
+class OutputConfig(Section):
+    """The shard sets written to --output."""
+
+    num_shards: int = Field(8, ge=1, description="Train shards; choose a multiple of nodes × GPUs × loader workers.")
+    validation_shards: int = Field(1, ge=1, description="Validation shards.")
+    validation_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Share of documents (by stable hash) held out for validation; 0 writes no validation set.")
+    samples_per_record: int = Field(256, ge=1, description="Samples packed into one tar record (one group of .npy members).")
+
+
+class PrepareConfig(Section):
+    """Everything `bertline prepare` needs besides --input/--output and the Beam runner flags."""
+
+    seed: int = Field(12345, description="Global seed; every random choice derives from it and a stable hash of its document.")
+    input: InputConfig = InputConfig()
+    normalize: NormalizeConfig = NormalizeConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    pairs: PairsConfig = PairsConfig()
+    masking: MaskingConfig = MaskingConfig()
+    output: OutputConfig = OutputConfig()

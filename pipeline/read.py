@@ -1,0 +1,197 @@
+"""Files → documents. Input is planned on the driver (globs matched, big files cut into byte ranges) and
+read in a DoFn, one range at a time, streaming: no step holds a whole file's text.
+
+Formats by extension: .txt (BERT format: one sentence or paragraph per line, a blank line between
+documents), .jsonl (one JSON object per line, the text in a configurable field), .parquet (one row per
+document, a configurable column); .gz on any of them. Every path goes through Beam's FileSystems, so
+gs://, s3:// and hdfs:// globs work where the matching Beam extras are installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from typing import Iterator
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from bertline.errors import UserError
+
+FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+@dataclasses.dataclass(frozen=True)
+class InputRange:
+    """Bytes [start, end) of one input file; end is None for 'to the end' (compressed or unsplittable)."""
+
+    file_index: int
+    path: str
+    format: str
+    compressed: bool
+    start: int
+    end: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    """A document's stable key (file index and byte offset or row), and its raw lines."""
+
+    key: str
+    lines: list[str]
+
+
+def input_format(path: str) -> tuple[str, bool]:
+    """(format, gzip-compressed) from a path's extension, or a UserError naming the file."""
+    name = path.lower()
+    compressed = name.endswith(".gz")
+    if compressed:
+        name = name[:-3]
+    for suffix, fmt in FORMATS.items():
+        if name.endswith(suffix):
+            return fmt, compressed
+    raise UserError(f"input file {path} has an unsupported extension; bertline reads .txt, .jsonl and .parquet files, optionally .gz")
+
+
+def plan_inputs(patterns: list[str], split_bytes: int) -> tuple[list[InputRange], list[dict]]:
+    """Match every glob (each must match something), sort the files, and cut large plain files into ranges.
+
+    Returns the ranges and a description of each file (path, bytes) for the manifest.
+    """
+    files: dict[str, int] = {}
+    for pattern in patterns:
+        try:
+            matched = FileSystems.match([pattern])[0].metadata_list
+        except Exception as exc:  # Beam raises BeamIOError/ValueError for unknown schemes and bad paths
+            raise UserError(f"cannot list input {pattern!r} ({exc.__class__.__name__}: {exc}); check the path or glob") from None
+        matched = [m for m in matched if not m.path.endswith("/")]
+        if not matched:
+            raise UserError(f"input glob {pattern!r} matches no file; check the path (globs are expanded by bertline, quote them in the shell)")
+        for metadata in matched:
+            files[metadata.path] = metadata.size_in_bytes
+    ranges: list[InputRange] = []
+    described = []
+    for file_index, path in enumerate(sorted(files)):
+        size = files[path]
+        fmt, compressed = input_format(path)
+        described.append({"path": path, "bytes": size})
+        if fmt == "parquet" or compressed or size <= split_bytes:
+            ranges.append(InputRange(file_index, path, fmt, compressed, 0, None))
+            continue
+        for start in range(0, size, split_bytes):
+            end = start + split_bytes
+            ranges.append(InputRange(file_index, path, fmt, compressed, start, end if end < size else None))
+    return ranges, described
+
+
+def _open(input_range: InputRange):
+    compression = CompressionTypes.GZIP if input_range.compressed else CompressionTypes.UNCOMPRESSED
+    try:
+        return FileSystems.open(input_range.path, compression_type=compression)
+    except Exception as exc:
+        raise UserError(f"cannot open input file {input_range.path} ({exc.__class__.__name__}: {exc}); check that it exists and is readable") from None
+
+
+def _lines(input_range: InputRange, stream) -> Iterator[tuple[int, bytes]]:
+    """(start offset, raw line) for every line whose first byte lies at or after the range start."""
+    offset = 0
+    if input_range.start > 0:
+        stream.seek(input_range.start - 1)
+        # The rest of the line holding byte start-1 belongs to the previous range.
+        offset = input_range.start - 1 + len(stream.readline())
+    try:
+        for raw in stream:
+            yield offset, raw
+            offset += len(raw)
+    except (EOFError, zlib.error, OSError) as exc:
+        raise UserError(
+            f"input file {input_range.path} is truncated or corrupt after byte {offset} of its decompressed text "
+            f"({exc.__class__.__name__}: {exc}); re-create it or remove it from --input"
+        ) from None
+
+
+def _decode(raw: bytes, encoding: str) -> str:
+    return raw.decode(encoding, errors="replace").rstrip("\r\n")
+
+
+def _txt_documents(input_range: InputRange, stream, encoding: str) -> Iterator[Document]:
+    """Documents of a BERT-format text range.
+
+    Ownership rule between ranges: a document belongs to the range holding the start of the blank line
+    just before it (the file's first document to the range at 0). A range therefore skips lines until its
+    first blank line, and stops at the first blank line at or past its end; no document is read twice or lost.
+    """
+    end = input_range.end
+    owned = input_range.start == 0
+    lines: list[str] = []
+    first_offset = 0
+    for offset, raw in _lines(input_range, stream):
+        text = _decode(raw, encoding)
+        if not text.strip():
+            if lines:
+                yield Document(f"{input_range.file_index}:{first_offset}", lines)
+                lines = []
+            if end is not None and offset >= end:
+                return
+            owned = True
+            continue
+        if owned:
+            if not lines:
+                first_offset = offset
+            lines.append(text)
+    if lines:
+        yield Document(f"{input_range.file_index}:{first_offset}", lines)
+
+
+def _jsonl_documents(input_range: InputRange, stream, encoding: str, field: str, on_bad_line) -> Iterator[Document]:
+    """One document per JSON line whose first byte lies in the range; bad lines are reported and skipped."""
+    end = input_range.end
+    for offset, raw in _lines(input_range, stream):
+        if end is not None and offset >= end:
+            return
+        text = _decode(raw, encoding)
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text)[field]
+        except (ValueError, TypeError, KeyError):
+            on_bad_line(f"{input_range.path} at byte {offset}: not a JSON object with a string field {field!r}")
+            continue
+        if not isinstance(value, str):
+            on_bad_line(f"{input_range.path} at byte {offset}: field {field!r} is {type(value).__name__}, not a string")
+            continue
+        yield Document(f"{input_range.file_index}:{offset}", value.split("\n"))
+
+
+def _parquet_documents(input_range: InputRange, stream, column: str) -> Iterator[Document]:
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        parquet = pyarrow.parquet.ParquetFile(stream)
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise UserError(f"input file {input_range.path} is not a readable Parquet file ({exc}); re-create it or remove it from --input") from None
+    if column not in parquet.schema_arrow.names:
+        raise UserError(
+            f"input file {input_range.path} has no column {column!r} (it has {', '.join(parquet.schema_arrow.names)}); "
+            f"set input.text_column"
+        )
+    row = 0
+    for batch in parquet.iter_batches(columns=[column], batch_size=1024):
+        for value in batch.column(0).to_pylist():
+            if isinstance(value, str):
+                yield Document(f"{input_range.file_index}:{row}", value.split("\n"))
+            row += 1
+
+
+def read_documents(input_range: InputRange, encoding: str, text_field: str, text_column: str, on_bad_line) -> Iterator[Document]:
+    """Every document of one range, streamed. `on_bad_line(message)` is told of each skipped JSON line."""
+    stream = _open(input_range)
+    with stream:
+        if input_range.format == "txt":
+            yield from _txt_documents(input_range, stream, encoding)
+        elif input_range.format == "jsonl":
+            yield from _jsonl_documents(input_range, stream, encoding, text_field, on_bad_line)
+        else:
+            yield from _parquet_documents(input_range, stream, text_column)

@@ -1,0 +1,151 @@
+"""SentencePiece (trained in the job, or given) and BERT WordPiece behind one small interface."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from typing import Protocol
+
+from bertline.errors import UserError
+from pipeline.schema import SPECIAL_TOKENS
+
+_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+class Tokenizer(Protocol):
+    """What the pipeline (and later the trainer's loader) needs from a tokenizer."""
+
+    kind: str
+    file_name: str  # the name the tokenizer file gets next to the shards
+    file_bytes: bytes
+    vocab_size: int
+    special_ids: dict[str, int]  # "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]" → id
+
+    def encode(self, sentences: list[str]) -> list[list[int]]: ...
+
+    def word_starts(self) -> list[bool]:
+        """For each id: does a token with this id begin a word (for whole-word masking)?"""
+        ...
+
+
+def file_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class SentencePieceTokenizer:
+    kind = "sentencepiece"
+    file_name = "spm.model"
+
+    def __init__(self, model: bytes, source: str = "the SentencePiece model"):
+        import sentencepiece
+
+        self.file_bytes = model
+        self._sp = sentencepiece.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(model)
+        except (RuntimeError, OSError) as exc:
+            raise UserError(f"{source} is not a SentencePiece model ({exc}); pass a .model file written by spm_train") from None
+        self.vocab_size = self._sp.get_piece_size()
+        unk = self._sp.unk_id()
+        ids = {"[UNK]": unk}
+        for piece in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"):
+            found = self._sp.piece_to_id(piece)
+            if found == unk and piece != self._sp.id_to_piece(unk):
+                alias = {"[PAD]": "<pad>"}.get(piece)
+                found = self._sp.piece_to_id(alias) if alias else unk
+                if found == unk:
+                    raise UserError(
+                        f"{source} lacks the special token {piece}; train it with control_symbols=[CLS],[SEP],[MASK] "
+                        f"and pad_piece=[PAD], or let bertline train one (tokenizer.kind=sentencepiece_train)"
+                    )
+            ids[piece] = found
+        self.special_ids = {name: ids[name] for name in SPECIAL_TOKENS}
+
+    def encode(self, sentences: list[str]) -> list[list[int]]:
+        return self._sp.encode(sentences, out_type=int, num_threads=1)
+
+    def word_starts(self) -> list[bool]:
+        starts = []
+        for i in range(self.vocab_size):
+            piece = self._sp.id_to_piece(i)
+            starts.append(piece.startswith("\u2581") or bool(_CJK.search(piece)) or self._sp.is_control(i))
+        return starts
+
+
+class WordPieceTokenizer:
+    kind = "wordpiece"
+    file_name = "vocab.txt"
+
+    def __init__(self, vocab: bytes, lowercase: bool, source: str = "the WordPiece vocab"):
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import models, normalizers, pre_tokenizers
+
+        self.file_bytes = vocab
+        try:
+            tokens = vocab.decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise UserError(f"{source} is not UTF-8 text; pass a BERT vocab.txt (one token per line)") from None
+        self._tokens = [t.rstrip("\r") for t in tokens]
+        index = {token: i for i, token in enumerate(self._tokens)}
+        missing = [name for name in SPECIAL_TOKENS if name not in index]
+        if missing:
+            raise UserError(f"{source} lacks the special tokens {', '.join(missing)}; add them as lines of the vocab or use a BERT vocab.txt")
+        self.vocab_size = len(self._tokens)
+        self.special_ids = {name: index[name] for name in SPECIAL_TOKENS}
+        self._hf = HFTokenizer(models.WordPiece(index, unk_token="[UNK]", max_input_chars_per_word=100))
+        self._hf.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
+        )
+        self._hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+
+    def encode(self, sentences: list[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in self._hf.encode_batch(sentences, add_special_tokens=False)]
+
+    def word_starts(self) -> list[bool]:
+        return [not token.startswith("##") for token in self._tokens]
+
+
+def load_tokenizer(kind: str, data: bytes, lowercase: bool = True, source: str | None = None) -> Tokenizer:
+    """A tokenizer from its file's bytes; kind is 'sentencepiece' (given or trained) or 'wordpiece'."""
+    if kind == "wordpiece":
+        return WordPieceTokenizer(data, lowercase, source or "the WordPiece vocab")
+    return SentencePieceTokenizer(data, source or "the SentencePiece model")
+
+
+def train_sentencepiece(
+    sentences: list[str], *, vocab_size: int, model_type: str, character_coverage: float
+) -> bytes:
+    """Train SentencePiece with BERT's special tokens on `sentences` (already a bounded, ordered sample).
+
+    One thread and no input shuffling, so the same sample gives the same model bytes on every runner.
+    """
+    import sentencepiece
+
+    if not sentences:
+        raise UserError("no sentences reached the SentencePiece trainer; check that --input holds text")
+    writer = io.BytesIO()
+    try:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=writer,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            pad_id=0, pad_piece="[PAD]",
+            unk_id=1, unk_piece="[UNK]",
+            bos_id=-1, eos_id=-1,
+            control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            max_sentence_length=1 << 16,
+            num_threads=1,
+            minloglevel=2,
+        )
+    except RuntimeError as exc:
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(
+            f"SentencePiece could not train a {vocab_size}-piece vocabulary on {len(sentences)} sampled sentences "
+            f"({message}); lower tokenizer.vocab_size or give more input"
+        ) from None
+    return writer.getvalue()

@@ -1,0 +1,120 @@
+"""Balanced shards: pure assignment functions, the deterministic tar writer, the manifest and the marker.
+
+Balancing in two steps, both pure: every sample first lands in a provisional shard (its key modulo the
+shard count); then, knowing every provisional shard's count, each shard keeps its first n = total // shards
+samples (by key) and its excess fills the other shards' deficits in a fixed order. The last
+total - shards × n excess samples (fewer than the shard count) are dropped and counted as the remainder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from typing import Iterable
+
+import numpy as np
+import webdataset
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.schema import FORMAT, SCHEMA_VERSION, SampleBatch
+
+MANIFEST = "manifest.json"
+COMPLETED = "COMPLETED"
+SPLITS = ("train", "validation")
+
+
+def samples_per_shard(counts: dict[int, int], num_shards: int) -> int:
+    """n: every one of num_shards shards gets exactly this many samples."""
+    return sum(counts.values()) // num_shards
+
+
+def excess_destinations(counts: dict[int, int], num_shards: int, shard: int) -> list[int | None]:
+    """Where each excess sample of provisional `shard` goes (in key order); None means dropped.
+
+    `counts` maps provisional shard → samples it received (missing shards received none).
+    """
+    n = samples_per_shard(counts, num_shards)
+    excess = [max(0, counts.get(s, 0) - n) for s in range(num_shards)]
+    slots = [s for s in range(num_shards) for _ in range(max(0, n - counts.get(s, 0)))]
+    first = sum(excess[:shard])
+    return [slots[first + i] if first + i < len(slots) else None for i in range(excess[shard])]
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.tar"
+
+
+def tar_bytes(batch: SampleBatch, split: str, shard: int, samples_per_record: int) -> bytes:
+    """The shard's tar, identical bytes for identical samples: fixed mtime, owner and mode on every member."""
+    buffer = io.BytesIO()
+    with webdataset.TarWriter(buffer, user="bertline", group="bertline", mode=0o444, mtime=0, encoder=False) as tar:
+        for record, start in enumerate(range(0, len(batch), samples_per_record)):
+            part = batch.take(np.arange(start, min(start + samples_per_record, len(batch))))
+            tar.write({"__key__": f"{split}-{shard:05d}-{record:06d}", **part.to_members()})
+    return buffer.getvalue()
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write to a temporary name beside `path`, then rename: readers never see a partial file."""
+    temporary = f"{path}.tmp-{hashlib.sha256(data).hexdigest()[:12]}"
+    with FileSystems.create(temporary) as handle:
+        handle.write(data)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([temporary], [path])
+
+
+def write_shard(output: str, split: str, shard: int, batch: SampleBatch, samples_per_record: int) -> dict:
+    """Sort the shard's samples by key, write its tar atomically, and describe it for the manifest."""
+    batch = batch.sorted_by_key()
+    data = tar_bytes(batch, split, shard, samples_per_record)
+    name = shard_name(split, shard)
+    write_atomically(FileSystems.join(output, name), data)
+    return {
+        "path": name,
+        "split": split,
+        "samples": len(batch),
+        "records": -(-len(batch) // samples_per_record),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "tokens": int(batch.samples[:, 0].sum()),
+        "masked_tokens": int(batch.samples[:, 3].sum()),
+        "random_next": int(batch.samples[:, 2].sum()),
+    }
+
+
+def build_manifest(
+    shards: Iterable[dict], counts: dict[str, int], num_shards: dict[str, int], config: dict, tokenizer: dict,
+    inputs: list[dict], code_revision: str,
+) -> dict:
+    """The manifest: everything a reader needs to trust and interpret the folder. No timestamps, so two
+    runs over the same input and config write identical bytes."""
+    shards = sorted(shards, key=lambda s: (SPLITS.index(s["split"]), s["path"]))
+    splits = {}
+    for split, total in counts.items():
+        mine = [s for s in shards if s["split"] == split]
+        splits[split] = {
+            "shards": num_shards[split],
+            "samples_per_shard": mine[0]["samples"] if mine else 0,
+            "samples": sum(s["samples"] for s in mine),
+            "dropped_remainder": total - sum(s["samples"] for s in mine),
+            "tokens": sum(s["tokens"] for s in mine),
+            "masked_tokens": sum(s["masked_tokens"] for s in mine),
+            "random_next": sum(s["random_next"] for s in mine),
+        }
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "code_revision": code_revision,
+        "tokenizer": tokenizer,
+        "splits": splits,
+        "shards": shards,
+        "inputs": inputs,
+        "config": config,
+    }
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
