@@ -9,7 +9,9 @@ gs://, s3:// and hdfs:// globs work where the matching Beam extras are installed
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gzip
 import json
 import zlib
 from typing import Iterator
@@ -86,11 +88,11 @@ def plan_inputs(patterns: list[str], split_bytes: int) -> tuple[list[InputRange]
 
 
 def _open(input_range: InputRange):
-    compression = CompressionTypes.GZIP if input_range.compressed else CompressionTypes.UNCOMPRESSED
     try:
-        return FileSystems.open(input_range.path, compression_type=compression)
+        raw = FileSystems.open(input_range.path, compression_type=CompressionTypes.UNCOMPRESSED)
     except Exception as exc:
         raise UserError(f"cannot open input file {input_range.path} ({exc.__class__.__name__}: {exc}); check that it exists and is readable") from None
+    return raw
 
 
 def _lines(input_range: InputRange, stream) -> Iterator[tuple[int, bytes]]:
@@ -101,10 +103,10 @@ def _lines(input_range: InputRange, stream) -> Iterator[tuple[int, bytes]]:
         # The rest of the line holding byte start-1 belongs to the previous range.
         offset = input_range.start - 1 + len(stream.readline())
     try:
-        for raw in stream:
+        for raw in iter(stream.readline, b""):
             yield offset, raw
             offset += len(raw)
-    except (EOFError, zlib.error, OSError) as exc:
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
         raise UserError(
             f"input file {input_range.path} is truncated or corrupt after byte {offset} of its decompressed text "
             f"({exc.__class__.__name__}: {exc}); re-create it or remove it from --input"
@@ -187,8 +189,10 @@ def _parquet_documents(input_range: InputRange, stream, column: str) -> Iterator
 
 def read_documents(input_range: InputRange, encoding: str, text_field: str, text_column: str, on_bad_line) -> Iterator[Document]:
     """Every document of one range, streamed. `on_bad_line(message)` is told of each skipped JSON line."""
-    stream = _open(input_range)
-    with stream:
+    with _open(input_range) as raw, (
+        # Python's gzip raises EOFError on a truncated stream; Beam's own decompressor ends quietly instead.
+        gzip.GzipFile(fileobj=raw, mode="rb") if input_range.compressed else contextlib.nullcontext(raw)
+    ) as stream:
         if input_range.format == "txt":
             yield from _txt_documents(input_range, stream, encoding)
         elif input_range.format == "jsonl":
