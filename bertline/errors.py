@@ -14,7 +14,8 @@ class UserError(Exception):
 
 # Runners re-raise worker exceptions as their own type with the original text inside (FnApiRunner keeps
 # "UserError: <sentence> [while running '...']"); this pattern recovers the sentence from that text.
-_WRAPPED = re.compile(r"UserError: (.+?)(?: \[while running '[^']*'\])?$", re.MULTILINE)
+_WRAPPED = re.compile(r"UserError: (.+)$", re.MULTILINE)
+_STEP_SUFFIX = re.compile(r"(?: \[while running '[^']*'\])+$")
 
 
 def find_user_error(exc: BaseException) -> str | None:
@@ -24,9 +25,10 @@ def find_user_error(exc: BaseException) -> str | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, UserError):
-            return str(current)
+            # Beam re-raises the worker's exception with " [while running '<step>']" appended.
+            return _STEP_SUFFIX.sub("", str(current)).strip()
         match = _WRAPPED.search(str(current))
         if match:
-            return match.group(1).strip()
+            return _STEP_SUFFIX.sub("", match.group(1)).strip()
         current = current.__cause__ or current.__context__
     return None

