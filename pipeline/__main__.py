@@ -138,11 +138,8 @@ def build(pipeline, plan, ranges, tokenizer_file: bytes | None):
     # (document key, [sentence])
     documents = inputs | "ReadCorpus" >> transforms.ReadCorpus(plan)
     if tokenizer_file is None:
-        # About 60 bytes a sentence: sample twice what the trainer keeps, then keep the smallest hashes.
-        expected_sentences = max(1, plan.total_input_bytes // 60)
-        keep_below = min(1.0, 2.0 * plan.config.tokenizer.sample_sentences / expected_sentences)
         # bytes of the trained SentencePiece model (one element)
-        tokenizer_files = documents | "TrainSentencePiece" >> transforms.TrainSentencePiece(plan, keep_below)
+        tokenizer_files = inputs | "TrainSentencePiece" >> transforms.TrainSentencePiece(plan)
     else:
         tokenizer_files = pipeline | "GivenTokenizer" >> beam.Create([tokenizer_file], reshuffle=False)
     files_view = beam.pvalue.AsList(tokenizer_files)
@@ -160,7 +157,9 @@ def print_counters(result) -> None:
         return
     totals: dict[str, int] = {}
     for counter in counters:
-        if counter.key.metric.namespace == "bertline":
+        # The tokenizer's sampling pass reads the input a second time; count the input once.
+        sampling_pass = counter.key.step.startswith("TrainSentencePiece/ReadCorpus")
+        if counter.key.metric.namespace == "bertline" and not sampling_pass:
             name = counter.key.metric.name
             totals[name] = totals.get(name, 0) + (counter.committed if counter.committed is not None else counter.attempted)
     print("counters:")

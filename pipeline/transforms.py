@@ -8,6 +8,7 @@ outputs, no finish_bundle outputs, no fileio sinks. Shards and the manifest are 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
 
 import apache_beam as beam
@@ -103,18 +104,30 @@ class SplitSentencesFn(beam.DoFn):
 
 
 class SampleSentencesFn(beam.DoFn):
-    """(key, sentences) → (None, (score, sentence)) for a stable-hash sample; Top keeps the smallest scores."""
+    """(key, sentences) → (None, (score, sentence)): candidates for the K sentences with the smallest hash.
 
-    def __init__(self, plan: JobPlan, keep_below: float):
+    Each worker keeps its own K smallest scores so far and emits only sentences that enter that set: a
+    sentence outside it cannot be among the global K smallest, so the final Top is exact and deterministic
+    while only about K·ln(N/K) sentences per worker leave it.
+    """
+
+    def __init__(self, plan: JobPlan):
         self.plan = plan
-        self.keep_below = keep_below
+        self._largest_kept: list[float] = []  # max-heap of negated scores
 
     def process(self, element):
         key, sentences = element
+        limit = self.plan.config.tokenizer.sample_sentences
+        heap = self._largest_kept
         for index, sentence in enumerate(sentences):
             score = rng.unit_interval(self.plan.config.seed, "tokenizer-sample", key, index)
-            if score < self.keep_below:
-                yield None, (score, sentence)
+            if len(heap) < limit:
+                heapq.heappush(heap, -score)
+            elif score < -heap[0]:
+                heapq.heapreplace(heap, -score)
+            else:
+                continue
+            yield None, (score, sentence)
 
 
 class TrainTokenizerFn(beam.DoFn):
@@ -279,7 +292,8 @@ class WriteManifestFn(beam.DoFn):
     def process(self, element, shard_counts, tokenizer_files):
         from apache_beam.io.filesystems import FileSystems
 
-        _, shards = element
+        _, entries = element
+        shards = [entry for entry in entries if entry is not None]  # None: the seed that makes this step run
         cfg = self.plan.config
         totals: dict[str, int] = {}
         for (split, _), count in shard_counts:
@@ -291,7 +305,8 @@ class WriteManifestFn(beam.DoFn):
             if split not in totals:
                 raise UserError(
                     f"the {split} split received no samples; "
-                    + ("give more input" if split == "train" else
+                    + ("the input holds no document of two or more sentences (see the counters): give more input"
+                       if split == "train" else
                        "no held-out document formed a pair: raise output.validation_fraction, or set it to 0 for no validation set")
                 )
         tok = tokenizer.load_tokenizer(self.plan.tokenizer_kind, tokenizer_files[0], cfg.tokenizer.lowercase)
@@ -317,9 +332,9 @@ class WriteManifestFn(beam.DoFn):
 class ReadCorpus(beam.PTransform):
     """InputRanges → (key, sentences) for every non-empty document."""
 
-    def __init__(self, plan: JobPlan):
+    def __init__(self, plan: JobPlan, show_progress: bool = True):
         super().__init__()
-        self.plan = plan
+        self.plan = dataclasses.replace(plan, show_progress=plan.show_progress and show_progress)
 
     def expand(self, ranges):
         return (
@@ -331,20 +346,26 @@ class ReadCorpus(beam.PTransform):
 
 
 class TrainSentencePiece(beam.PTransform):
-    """(key, sentences) → a one-element PCollection holding the trained model's bytes."""
+    """InputRanges → a one-element PCollection holding the trained SentencePiece model's bytes.
 
-    def __init__(self, plan: JobPlan, keep_below: float):
+    It reads the input itself rather than sharing the main branch's documents: tokenization must wait for
+    the model, and a shared PCollection would be held (in memory, on the embedded runner) until then.
+    Reading twice keeps every step streaming.
+    """
+
+    def __init__(self, plan: JobPlan):
         super().__init__()
         self.plan = plan
-        self.keep_below = keep_below
 
-    def expand(self, documents):
+    def expand(self, ranges):
         return (
-            documents
-            | "SampleSentences" >> beam.ParDo(SampleSentencesFn(self.plan, self.keep_below))
-            # (None, (score, sentence)), a hash sample
+            ranges
+            | "ReadCorpus" >> ReadCorpus(self.plan, show_progress=False)
+            # (key, [sentence])
+            | "SampleSentences" >> beam.ParDo(SampleSentencesFn(self.plan))
+            # (None, (score, sentence)), candidates for the K smallest scores
             | "KeepSmallest" >> beam.combiners.Top.SmallestPerKey(self.plan.config.tokenizer.sample_sentences)
-            # (None, [(score, sentence)]) of at most sample_sentences entries
+            # (None, [(score, sentence)]) of at most tokenizer.sample_sentences entries
             | "Train" >> beam.ParDo(TrainTokenizerFn(self.plan))
         )
 
@@ -381,14 +402,20 @@ class WriteShards(beam.PTransform):
             | "CountSamples" >> beam.Map(lambda kv: (kv[0], len(kv[1])))
             | "SumCounts" >> beam.CombinePerKey(sum)
         )
-        return (
+        entries = (
             batches
             | "GroupProvisional" >> beam.GroupByKey()
             | "Rebalance" >> beam.ParDo(RebalanceFn(self.plan), counts)
             # ((split, final shard), SampleBatch)
             | "GroupShards" >> beam.GroupByKey()
             | "WriteTar" >> beam.ParDo(WriteShardFn(self.plan))
-            # (None, shard manifest entry)
+        )
+        # (None, shard manifest entry), plus one (None, None) so the manifest step runs, and can say
+        # what is wrong, even when no sample at all came through
+        seed = batches.pipeline | "ManifestSeed" >> beam.Create([(None, None)], reshuffle=False)
+        return (
+            (entries, seed)
+            | "WithSeed" >> beam.Flatten()
             | "GroupManifest" >> beam.GroupByKey()
             | "WriteManifest" >> beam.ParDo(WriteManifestFn(self.plan), counts, self.tokenizer_files)
         )
