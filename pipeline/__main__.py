@@ -76,7 +76,7 @@ def prepare_output(output: str, overwrite: bool) -> None:
     try:
         if "://" not in output:
             Path(output).mkdir(parents=True, exist_ok=True)
-        old = FileSystems.match([FileSystems.join(output, pattern) for pattern in ("*.tar", "*.tar.tmp-*", write.MANIFEST, "spm.model", "vocab.txt")])
+        old = FileSystems.match([FileSystems.join(output, pattern) for pattern in ("*.tar", "*.tmp-*", write.MANIFEST, "spm.model", "vocab.txt")])
         stale = [m.path for result in old for m in result.metadata_list]
         if stale:
             FileSystems.delete(stale)
@@ -127,26 +127,27 @@ def read_tokenizer_file(config: PrepareConfig) -> bytes | None:
     return data
 
 
-def build(pipeline, plan, ranges, tokenizer_file: bytes | None):
+def build(pipeline, plan, ranges, given_tokenizer: bytes | None):
     """Wire the job. Element shapes are noted above each PCollection."""
     import apache_beam as beam
 
-    from pipeline import transforms
+    from pipeline import tokenizer, transforms
 
     # InputRange: one file or byte range of a file
     inputs = pipeline | "PlanInputs" >> beam.Create(ranges, reshuffle=False)
     # (document key, [sentence])
     documents = inputs | "ReadCorpus" >> transforms.ReadCorpus(plan)
-    if tokenizer_file is None:
-        # bytes of the trained SentencePiece model (one element)
-        tokenizer_files = inputs | "TrainSentencePiece" >> transforms.TrainSentencePiece(plan)
+    if given_tokenizer is None:
+        # (tokenizer file name, sha256), once the trained model is in the output folder
+        ready = inputs | "TrainSentencePiece" >> transforms.TrainSentencePiece(plan)
     else:
-        tokenizer_files = pipeline | "GivenTokenizer" >> beam.Create([tokenizer_file], reshuffle=False)
-    files_view = beam.pvalue.AsList(tokenizer_files)
-    # ((split, provisional shard), SampleBatch)
-    batches = documents | "MakeSamples" >> transforms.MakeSamples(plan, files_view)
+        ready = pipeline | "GivenTokenizer" >> beam.Create(
+            [(plan.tokenizer_file, tokenizer.file_sha256(given_tokenizer))], reshuffle=False
+        )
+    # ((split, provisional shard), ("samples", SampleBatch))
+    batches = documents | "MakeSamples" >> transforms.MakeSamples(plan, ready)
     # the manifest's per-split summary (one element)
-    return batches | "WriteShards" >> transforms.WriteShards(plan, files_view)
+    return batches | "WriteShards" >> transforms.WriteShards(plan)
 
 
 def print_counters(result) -> None:
@@ -170,6 +171,7 @@ def print_counters(result) -> None:
 def run(argv: list[str]) -> dict:
     """Run the job; returns the manifest written to --output."""
     import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline import read, transforms, write
@@ -177,7 +179,7 @@ def run(argv: list[str]) -> dict:
     args, config, beam_args = parse_args(argv)
     patterns = args.input or [default_corpus()]
     ranges, described = read.plan_inputs(patterns, config.input.split_bytes)
-    tokenizer_file = read_tokenizer_file(config)
+    given_tokenizer = read_tokenizer_file(config)
     prepare_output(args.output, args.overwrite)
     total_bytes = sum(f["bytes"] for f in described)
     runner = next(arg.split("=", 1)[1] for arg in beam_args if arg.startswith("--runner="))
@@ -187,13 +189,16 @@ def run(argv: list[str]) -> dict:
         num_buckets=max(1, math.ceil(total_bytes / config.pairs.bucket_bytes)),
         total_input_bytes=total_bytes,
         tokenizer_kind="wordpiece" if config.tokenizer.kind == "wordpiece" else "sentencepiece",
+        tokenizer_file="vocab.txt" if config.tokenizer.kind == "wordpiece" else "spm.model",
         inputs=tuple(described),
         code_revision=code_revision(),
         show_progress=runner == DEFAULT_RUNNER and sys.stderr.isatty(),
     )
     log.info("reading %d files (%d ranges, %.1f MB) into %s", len(described), len(ranges), total_bytes / 1e6, args.output)
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    build(pipeline, plan, ranges, tokenizer_file)
+    if given_tokenizer is not None:
+        write.write_atomically(FileSystems.join(args.output, plan.tokenizer_file), given_tokenizer)
+    build(pipeline, plan, ranges, given_tokenizer)
     result = pipeline.run()
     try:
         result.wait_until_finish()
@@ -202,8 +207,6 @@ def run(argv: list[str]) -> dict:
         client = getattr(result, "client", None)  # the DaskRunner leaves its client open
         if client is not None:
             client.close()
-    from apache_beam.io.filesystems import FileSystems
-
     if not FileSystems.exists(FileSystems.join(args.output, write.COMPLETED)):
         raise UserError(f"the job finished but {args.output} has no COMPLETED marker; the runner dropped the final step (see docs/runners.md)")
     with FileSystems.open(FileSystems.join(args.output, write.MANIFEST)) as handle:

@@ -1,8 +1,11 @@
 """The Beam side of the pipeline: thin DoFns around the pure functions, grouped into composite transforms.
 
-Everything here stays inside Create, ParDo, GroupByKey, Flatten and CombinePerKey plus AsList side inputs,
-the subset that Beam's DaskRunner translates faithfully (see docs/runners.md): no ReadFromText, no tagged
-outputs, no finish_bundle outputs, no fileio sinks. Shards and the manifest are written by DoFns.
+Everything here is built from Create, ParDo, GroupByKey and Flatten alone, the subset that Beam's
+DaskRunner translates faithfully (docs/runners.md). In particular there are no side inputs: the DaskRunner
+evaluates a side input inside every task that reads it, and duplicates its elements when it has several
+partitions. Data that a step needs from another branch is joined instead: both are keyed alike, flattened
+and grouped. No ReadFromText, no tagged outputs, no finish_bundle outputs, no fileio sinks; shards and the
+manifest are written by DoFns.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from bertline.errors import UserError
@@ -36,6 +40,7 @@ class JobPlan:
     num_buckets: int
     total_input_bytes: int
     tokenizer_kind: str  # "sentencepiece" or "wordpiece"
+    tokenizer_file: str  # its name in the output folder: spm.model or vocab.txt
     inputs: tuple[dict, ...]
     code_revision: str
     show_progress: bool
@@ -131,7 +136,7 @@ class SampleSentencesFn(beam.DoFn):
 
 
 class TrainTokenizerFn(beam.DoFn):
-    """The bounded sample → a trained SentencePiece model's bytes (one element)."""
+    """The bounded sample → SentencePiece model written into the output folder; emits its (file, sha256)."""
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
@@ -141,70 +146,110 @@ class TrainTokenizerFn(beam.DoFn):
         cfg = self.plan.config.tokenizer
         sentences = [sentence for _, sentence in sorted(scored)]
         _counter("tokenizer_training_sentences").inc(len(sentences))
-        yield tokenizer.train_sentencepiece(
+        model = tokenizer.train_sentencepiece(
             sentences, vocab_size=cfg.vocab_size, model_type=cfg.model_type, character_coverage=cfg.character_coverage
         )
+        write.write_atomically(FileSystems.join(self.plan.output, self.plan.tokenizer_file), model)
+        yield self.plan.tokenizer_file, tokenizer.file_sha256(model)
 
 
-class _WithTokenizer(beam.DoFn):
-    """Builds the tokenizer once per worker from the side input's bytes."""
+def load_output_tokenizer(plan: JobPlan, sha256: str) -> tokenizer.Tokenizer:
+    """The tokenizer file in the output folder, checked against the hash its writer announced."""
+    with FileSystems.open(FileSystems.join(plan.output, plan.tokenizer_file)) as handle:
+        data = handle.read()
+    if tokenizer.file_sha256(data) != sha256:
+        raise UserError(
+            f"{plan.tokenizer_file} in {plan.output} changed while the job ran; another job may be writing "
+            f"to the same --output: give each job its own folder"
+        )
+    return tokenizer.load_tokenizer(plan.tokenizer_kind, data, plan.config.tokenizer.lowercase)
+
+
+def num_shards(config: PrepareConfig, split: str) -> int:
+    return config.output.num_shards if split == "train" else config.output.validation_shards
+
+
+def splits(config: PrepareConfig) -> tuple[str, ...]:
+    return ("train", "validation") if config.output.validation_fraction > 0 else ("train",)
+
+
+class AssignBucketFn(beam.DoFn):
+    """(key, sentences) → ((split, bucket), ("document", key, sentences)): held-out split and bucket by hash."""
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
-        self._tokenizer = None
-        self._word_starts = None
 
-    def tokenizer(self, files: list[bytes]):
-        if self._tokenizer is None:
-            self._tokenizer = tokenizer.load_tokenizer(self.plan.tokenizer_kind, files[0], self.plan.config.tokenizer.lowercase)
-            self._word_starts = self._tokenizer.word_starts()
-        return self._tokenizer
-
-
-class TokenizeFn(_WithTokenizer):
-    """(key, sentences) → ("split/bucket", (key, flat token ids, sentence lengths))."""
-
-    def process(self, element, tokenizer_files):
+    def process(self, element):
         key, sentences = element
-        tok = self.tokenizer(tokenizer_files)
-        ids = tok.encode(sentences)
-        lengths = np.fromiter((len(s) for s in ids), dtype=np.int32, count=len(ids))
-        flat = np.fromiter((t for s in ids for t in s), dtype=schema.token_dtype(tok.vocab_size), count=int(lengths.sum()))
         seed = self.plan.config.seed
         split = "validation" if rng.unit_interval(seed, "split", key) < self.plan.config.output.validation_fraction else "train"
         bucket = rng.stable_hash(seed, "bucket", key) % self.plan.num_buckets
-        _counter("tokens").inc(len(flat))
-        yield f"{split}/{bucket}", (key, flat, lengths)
+        yield (split, bucket), ("document", key, sentences)
 
 
-class CreateSamplesFn(_WithTokenizer):
-    """A bucket of documents → sentence pairs with masks, as one SampleBatch per provisional shard."""
+class BroadcastTokenizerFn(beam.DoFn):
+    """(file, sha256) → one ((split, bucket), ("tokenizer", sha256)) per bucket, to join with its documents."""
 
-    def process(self, element, tokenizer_files):
-        bucket_key, documents = element
-        split = bucket_key.split("/", 1)[0]
-        cfg = self.plan.config
-        tok = self.tokenizer(tokenizer_files)
-        special = tok.special_ids
-        spec = masking.MaskingSpec(
-            masked_lm_prob=cfg.masking.masked_lm_prob,
-            max_predictions_per_seq=cfg.masking.max_predictions_per_seq,
-            mask_token_prob=cfg.masking.mask_token_prob,
-            random_token_prob=cfg.masking.random_token_prob,
-            whole_word=cfg.masking.whole_word,
+    def __init__(self, plan: JobPlan):
+        self.plan = plan
+
+    def process(self, element):
+        _, sha256 = element
+        for split in splits(self.plan.config):
+            for bucket in range(self.plan.num_buckets):
+                yield (split, bucket), ("tokenizer", sha256)
+
+
+class CreateSamplesFn(beam.DoFn):
+    """A bucket (its documents and the tokenizer's hash) → tokenized sentence pairs with masks, as one
+    SampleBatch per provisional shard: ((split, provisional shard), SampleBatch)."""
+
+    def __init__(self, plan: JobPlan):
+        self.plan = plan
+        self._tokenizer: tuple[str, tokenizer.Tokenizer, list[bool]] | None = None
+
+    def _load(self, sha256: str):
+        if self._tokenizer is None or self._tokenizer[0] != sha256:
+            tok = load_output_tokenizer(self.plan, sha256)
+            self._tokenizer = (sha256, tok, tok.word_starts())
+        return self._tokenizer[1], self._tokenizer[2]
+
+    def _spec(self, tok: tokenizer.Tokenizer) -> masking.MaskingSpec:
+        cfg, special = self.plan.config.masking, tok.special_ids
+        return masking.MaskingSpec(
+            masked_lm_prob=cfg.masked_lm_prob,
+            max_predictions_per_seq=cfg.max_predictions_per_seq,
+            mask_token_prob=cfg.mask_token_prob,
+            random_token_prob=cfg.random_token_prob,
+            whole_word=cfg.whole_word,
             mask_id=special["[MASK]"],
             vocab_size=tok.vocab_size,
             never_mask=frozenset((special["[CLS]"], special["[SEP]"], special["[PAD]"])),
             special_ids=frozenset(special.values()),
         )
-        documents = sorted(documents, key=lambda d: d[0])
-        bucket = [np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else [] for _, flat, lengths in documents]
-        bucket = [[sentence.tolist() for sentence in doc] for doc in bucket]
-        num_shards = cfg.output.num_shards if split == "train" else cfg.output.validation_shards
-        by_shard: dict[int, list] = {}
-        cls_id, sep_id = special["[CLS]"], special["[SEP]"]
-        word_starts = self._word_starts if cfg.masking.whole_word else None
-        for index, (key, _, _) in enumerate(documents):
+
+    def process(self, element):
+        (split, _), records = element
+        records = list(records)
+        sha256 = next((r[1] for r in records if r[0] == "tokenizer"), None)
+        documents = sorted((r[1], r[2]) for r in records if r[0] == "document")
+        if not documents:
+            return
+        if sha256 is None:
+            raise UserError("a bucket of documents arrived without its tokenizer; the runner lost the join (see docs/runners.md)")
+        tok, word_starts = self._load(sha256)
+        cfg = self.plan.config
+        spec = self._spec(tok)
+        bucket = []
+        for _, sentences in documents:
+            ids = tok.encode(sentences)
+            _counter("tokens").inc(sum(len(s) for s in ids))
+            bucket.append(ids)
+        shards = num_shards(cfg, split)
+        by_shard: dict[int, tuple[list, ...]] = {}
+        cls_id, sep_id = tok.special_ids["[CLS]"], tok.special_ids["[SEP]"]
+        starts_table = word_starts if cfg.masking.whole_word else None
+        for index, (key, _) in enumerate(documents):
             if sum(1 for s in bucket[index] if s) < 2:
                 _counter("single_sentence_documents").inc()
             for dupe in range(cfg.pairs.dupe_factor):
@@ -218,10 +263,10 @@ class CreateSamplesFn(_WithTokenizer):
                 )
                 for pair in made:
                     tokens = [cls_id, *pair.tokens_a, sep_id, *pair.tokens_b, sep_id]
-                    starts = [word_starts[t] for t in tokens] if word_starts is not None else None
+                    starts = [starts_table[t] for t in tokens] if starts_table is not None else None
                     masked = masking.mask_sequence(tokens, draw, spec, starts)
                     sample_key = draw.getrandbits(64)
-                    columns = by_shard.setdefault(sample_key % num_shards, ([], [], [], [], []))
+                    columns = by_shard.setdefault(sample_key % shards, ([], [], [], [], []))
                     columns[0].append(sample_key)
                     columns[1].append((len(tokens), len(pair.tokens_a) + 2, int(pair.is_random_next), len(masked.positions)))
                     columns[2].append(tokens)
@@ -231,76 +276,80 @@ class CreateSamplesFn(_WithTokenizer):
         for shard in sorted(by_shard):
             batch = schema.SampleBatch.from_lists(*by_shard[shard], dtype=dtype)
             _counter(f"{split}_samples_created").inc(len(batch))
-            yield (split, shard), batch
+            yield (split, shard), ("samples", batch)
 
 
-class RebalanceFn(beam.DoFn):
-    """(split, provisional shard) → its samples, kept or sent to the shard that lacks them."""
-
-    def __init__(self, plan: JobPlan):
-        self.plan = plan
-
-    def process(self, element, shard_counts):
-        (split, shard), batches = element
-        num_shards = self.plan.config.output.num_shards if split == "train" else self.plan.config.output.validation_shards
-        counts = {s: c for (sp, s), c in shard_counts if sp == split}
-        n = write.samples_per_shard(counts, num_shards)
-        if n == 0:
-            setting = "output.num_shards" if split == "train" else "output.validation_shards"
-            raise UserError(
-                f"the {split} split has only {sum(counts.values())} samples, fewer than its {num_shards} shards; "
-                f"lower {setting} or give more input"
-            )
-        batch = schema.SampleBatch.concat(list(batches)).sorted_by_key()
-        keep = min(len(batch), n)
-        if keep:
-            yield (split, shard), batch.take(np.arange(keep))
-        destinations = write.excess_destinations(counts, num_shards, shard)
-        by_destination: dict[int, list[int]] = {}
-        for offset, destination in enumerate(destinations):
-            if destination is None:
-                _counter(f"{split}_samples_dropped_remainder").inc()
-            else:
-                by_destination.setdefault(destination, []).append(keep + offset)
-        for destination, index in sorted(by_destination.items()):
-            yield (split, destination), batch.take(np.asarray(index))
-
-
-class WriteShardFn(beam.DoFn):
-    """(split, shard) → the shard's samples, written as one tar; emits its manifest entry."""
+class PlanBalanceFn(beam.DoFn):
+    """(split, [(provisional shard, count)]) → ((split, shard), ("plan", plan)) for every shard of the split."""
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
 
     def process(self, element):
-        (split, shard), batches = element
-        info = write.write_shard(
-            self.plan.output, split, shard, schema.SampleBatch.concat(list(batches)),
-            self.plan.config.output.samples_per_record,
-        )
-        _counter("shards_written").inc()
-        _counter("shard_bytes").inc(info["bytes"])
-        yield None, info
+        split, shard_counts = element
+        counts: dict[int, int] = {}
+        for shard, count in shard_counts:
+            counts[shard] = counts.get(shard, 0) + count
+        total, shards = sum(counts.values()), num_shards(self.plan.config, split)
+        if write.samples_per_shard(counts, shards) == 0:
+            setting = "output.num_shards" if split == "train" else "output.validation_shards"
+            raise UserError(f"the {split} split has only {total} samples, fewer than its {shards} shards; lower {setting} or give more input")
+        for shard, shard_plan in write.balance_plan(counts, shards).items():
+            yield (split, shard), ("plan", {**shard_plan, "split_total": total})
 
 
-class WriteManifestFn(beam.DoFn):
-    """All shard entries → tokenizer file, manifest.json, then the COMPLETED marker, in that order."""
+class RebalanceFn(beam.DoFn):
+    """(split, provisional shard) → its samples and its plan → samples keyed by their final shard."""
+
+    def process(self, element):
+        (split, shard), records = element
+        records = list(records)
+        plan = next(r[1] for r in records if r[0] == "plan")
+        batches = [r[1] for r in records if r[0] == "samples"]
+        if not batches:
+            return
+        batch = schema.SampleBatch.concat(batches).sorted_by_key()
+        total = plan["split_total"]
+        if plan["keep"]:
+            yield (split, shard), (batch.take(np.arange(plan["keep"])), total)
+        start = plan["keep"]
+        for destination, count in plan["moves"]:
+            yield (split, destination), (batch.take(np.arange(start, start + count)), total)
+            start += count
+        if plan["dropped"]:
+            _counter(f"{split}_samples_dropped_remainder").inc(plan["dropped"])
+
+
+class WriteShardFn(beam.DoFn):
+    """(split, shard) → the shard's samples, written as one tar; emits (None, its manifest entry)."""
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
 
-    def process(self, element, shard_counts, tokenizer_files):
-        from apache_beam.io.filesystems import FileSystems
+    def process(self, element):
+        (split, shard), parts = element
+        parts = list(parts)
+        info = write.write_shard(
+            self.plan.output, split, shard, schema.SampleBatch.concat([batch for batch, _ in parts]),
+            self.plan.config.output.samples_per_record,
+        )
+        _counter("shards_written").inc()
+        _counter("shard_bytes").inc(info["bytes"])
+        yield None, {**info, "split_total": parts[0][1]}
 
+
+class WriteManifestFn(beam.DoFn):
+    """Every shard entry → manifest.json, then the COMPLETED marker; emits the per-split summary."""
+
+    def __init__(self, plan: JobPlan):
+        self.plan = plan
+
+    def process(self, element):
         _, entries = element
-        shards = [entry for entry in entries if entry is not None]  # None: the seed that makes this step run
+        entries = [entry for entry in entries if entry is not None]  # None: the seed that makes this step run
         cfg = self.plan.config
-        totals: dict[str, int] = {}
-        for (split, _), count in shard_counts:
-            totals[split] = totals.get(split, 0) + count
-        expected = {"train": cfg.output.num_shards}
-        if cfg.output.validation_fraction > 0:
-            expected["validation"] = cfg.output.validation_shards
+        totals = {entry["split"]: entry.pop("split_total") for entry in entries}
+        expected = {split: num_shards(cfg, split) for split in splits(cfg)}
         for split in expected:
             if split not in totals:
                 raise UserError(
@@ -309,11 +358,11 @@ class WriteManifestFn(beam.DoFn):
                        if split == "train" else
                        "no held-out document formed a pair: raise output.validation_fraction, or set it to 0 for no validation set")
                 )
-        tok = tokenizer.load_tokenizer(self.plan.tokenizer_kind, tokenizer_files[0], cfg.tokenizer.lowercase)
-        write.write_atomically(FileSystems.join(self.plan.output, tok.file_name), tok.file_bytes)
+        with FileSystems.open(FileSystems.join(self.plan.output, self.plan.tokenizer_file)) as handle:
+            tok = tokenizer.load_tokenizer(self.plan.tokenizer_kind, handle.read(), cfg.tokenizer.lowercase)
         tokenizer_entry = {
             "kind": tok.kind,
-            "file": tok.file_name,
+            "file": self.plan.tokenizer_file,
             "sha256": tokenizer.file_sha256(tok.file_bytes),
             "vocab_size": tok.vocab_size,
             "special_ids": tok.special_ids,
@@ -321,7 +370,7 @@ class WriteManifestFn(beam.DoFn):
             "token_dtype": schema.token_dtype(tok.vocab_size).name,
         }
         manifest = write.build_manifest(
-            list(shards), totals, expected, cfg.model_dump(mode="json"), tokenizer_entry,
+            entries, totals, expected, cfg.model_dump(mode="json"), tokenizer_entry,
             list(self.plan.inputs), self.plan.code_revision,
         )
         write.write_atomically(FileSystems.join(self.plan.output, write.MANIFEST), write.manifest_bytes(manifest))
@@ -346,7 +395,7 @@ class ReadCorpus(beam.PTransform):
 
 
 class TrainSentencePiece(beam.PTransform):
-    """InputRanges → a one-element PCollection holding the trained SentencePiece model's bytes.
+    """InputRanges → one (file name, sha256) once the trained model is in the output folder.
 
     It reads the input itself rather than sharing the main branch's documents: tokenization must wait for
     the model, and a shared PCollection would be held (in memory, on the embedded runner) until then.
@@ -371,42 +420,49 @@ class TrainSentencePiece(beam.PTransform):
 
 
 class MakeSamples(beam.PTransform):
-    """(key, sentences) → ((split, provisional shard), SampleBatch)."""
+    """(key, sentences) and the tokenizer's (file, sha256) → ((split, provisional shard), ("samples", SampleBatch))."""
 
-    def __init__(self, plan: JobPlan, tokenizer_files):
+    def __init__(self, plan: JobPlan, tokenizer_ready):
         super().__init__()
         self.plan = plan
-        self.tokenizer_files = tokenizer_files
+        self.tokenizer_ready = tokenizer_ready
 
     def expand(self, documents):
+        bucketed = documents | "AssignBuckets" >> beam.ParDo(AssignBucketFn(self.plan))
+        # ((split, bucket), ("document", key, [sentence]))
+        tokenizer_copies = self.tokenizer_ready | "BroadcastTokenizer" >> beam.ParDo(BroadcastTokenizerFn(self.plan))
+        # ((split, bucket), ("tokenizer", sha256)) for every bucket
         return (
-            documents
-            | "Tokenize" >> beam.ParDo(TokenizeFn(self.plan), self.tokenizer_files)
-            # ("split/bucket", (key, flat ids, sentence lengths))
+            (bucketed, tokenizer_copies)
+            | "JoinTokenizer" >> beam.Flatten()
             | "GroupBuckets" >> beam.GroupByKey()
-            | "PairAndMask" >> beam.ParDo(CreateSamplesFn(self.plan), self.tokenizer_files)
+            | "PairAndMask" >> beam.ParDo(CreateSamplesFn(self.plan))
         )
 
 
 class WriteShards(beam.PTransform):
-    """((split, provisional shard), SampleBatch) → balanced shards on disk, then manifest and COMPLETED."""
+    """((split, provisional shard), ("samples", SampleBatch)) → balanced shards on disk, then the manifest
+    and COMPLETED; emits the manifest's per-split summary."""
 
-    def __init__(self, plan: JobPlan, tokenizer_files):
+    def __init__(self, plan: JobPlan):
         super().__init__()
         self.plan = plan
-        self.tokenizer_files = tokenizer_files
 
     def expand(self, batches):
-        counts = beam.pvalue.AsList(
+        plans = (
             batches
-            | "CountSamples" >> beam.Map(lambda kv: (kv[0], len(kv[1])))
-            | "SumCounts" >> beam.CombinePerKey(sum)
+            | "CountSamples" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], len(kv[1][1]))))
+            # (split, (provisional shard, samples))
+            | "GroupCounts" >> beam.GroupByKey()
+            | "PlanBalance" >> beam.ParDo(PlanBalanceFn(self.plan))
         )
+        # ((split, provisional shard), ("plan", {keep, moves, dropped, split_total}))
         entries = (
-            batches
+            (batches, plans)
+            | "JoinPlans" >> beam.Flatten()
             | "GroupProvisional" >> beam.GroupByKey()
-            | "Rebalance" >> beam.ParDo(RebalanceFn(self.plan), counts)
-            # ((split, final shard), SampleBatch)
+            | "Rebalance" >> beam.ParDo(RebalanceFn())
+            # ((split, final shard), (SampleBatch, split total))
             | "GroupShards" >> beam.GroupByKey()
             | "WriteTar" >> beam.ParDo(WriteShardFn(self.plan))
         )
@@ -417,5 +473,5 @@ class WriteShards(beam.PTransform):
             (entries, seed)
             | "WithSeed" >> beam.Flatten()
             | "GroupManifest" >> beam.GroupByKey()
-            | "WriteManifest" >> beam.ParDo(WriteManifestFn(self.plan), counts, self.tokenizer_files)
+            | "WriteManifest" >> beam.ParDo(WriteManifestFn(self.plan))
         )

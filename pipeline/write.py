@@ -30,16 +30,32 @@ def samples_per_shard(counts: dict[int, int], num_shards: int) -> int:
     return sum(counts.values()) // num_shards
 
 
-def excess_destinations(counts: dict[int, int], num_shards: int, shard: int) -> list[int | None]:
-    """Where each excess sample of provisional `shard` goes (in key order); None means dropped.
+def balance_plan(counts: dict[int, int], num_shards: int) -> dict[int, dict]:
+    """For every provisional shard: how many of its samples (in key order) it keeps, and where the rest go.
 
-    `counts` maps provisional shard → samples it received (missing shards received none).
+    `counts` maps provisional shard → samples it received (missing shards received none). Each plan is
+    {"keep": k, "moves": [[destination, count], …], "dropped": d}: the samples after the first k go, in
+    order, `count` at a time to each destination; the last d are the dropped remainder.
     """
     n = samples_per_shard(counts, num_shards)
     excess = [max(0, counts.get(s, 0) - n) for s in range(num_shards)]
-    slots = [s for s in range(num_shards) for _ in range(max(0, n - counts.get(s, 0)))]
-    first = sum(excess[:shard])
-    return [slots[first + i] if first + i < len(slots) else None for i in range(excess[shard])]
+    # Deficit slots in shard order, as runs: [(shard, how many it lacks)]
+    deficits = [(s, n - counts.get(s, 0)) for s in range(num_shards) if counts.get(s, 0) < n]
+    plans: dict[int, dict] = {}
+    run, used = 0, 0  # position in `deficits`, and slots of that run already filled
+    for shard in range(num_shards):
+        moves: list[list[int]] = []
+        left = excess[shard]
+        while left and run < len(deficits):
+            destination, lacking = deficits[run]
+            take = min(left, lacking - used)
+            moves.append([destination, take])
+            left -= take
+            used += take
+            if used == lacking:
+                run, used = run + 1, 0
+        plans[shard] = {"keep": min(counts.get(shard, 0), n), "moves": moves, "dropped": left}
+    return plans
 
 
 def shard_name(split: str, index: int) -> str:

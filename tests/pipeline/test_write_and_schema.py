@@ -8,7 +8,7 @@ import pytest
 import webdataset
 
 from pipeline.schema import MEMBERS, SampleBatch, token_dtype
-from pipeline.write import excess_destinations, samples_per_shard, tar_bytes
+from pipeline.write import balance_plan, samples_per_shard, tar_bytes
 
 
 def _batch(n: int, seed: int = 0) -> SampleBatch:
@@ -61,14 +61,14 @@ def test_token_dtype_grows_with_the_vocabulary():
 ])
 def test_rebalancing_gives_every_shard_exactly_n(counts, num_shards):
     n = samples_per_shard(counts, num_shards)
-    final = {s: min(counts.get(s, 0), n) for s in range(num_shards)}
+    plans = balance_plan(counts, num_shards)
+    final = {s: plans[s]["keep"] for s in range(num_shards)}
     dropped = 0
-    for shard in range(num_shards):
-        for destination in excess_destinations(counts, num_shards, shard):
-            if destination is None:
-                dropped += 1
-            else:
-                final[destination] += 1
+    for shard, plan in plans.items():
+        assert plan["keep"] + sum(c for _, c in plan["moves"]) + plan["dropped"] == counts.get(shard, 0)
+        for destination, count in plan["moves"]:
+            final[destination] += count
+        dropped += plan["dropped"]
     assert set(final.values()) == {n}
     assert dropped == sum(counts.values()) - n * num_shards < num_shards
 
