@@ -1,0 +1,35 @@
+# The two front-door commands: `make demo` and `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: install demo test test-fast bench-prep bench-prep-quick clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, from the CPU wheel pinned in constraints.txt (GPU users: see README, "GPU clusters").
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt torch
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/bertline prepare --config configs/pipeline/demo.yaml --output $(DEMO_DIR)/shards --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench-prep: $(STAMP)
+	$(BIN)/python bench/prep.py
+
+bench-prep-quick: $(STAMP)
+	$(BIN)/python bench/prep.py --quick
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache
