@@ -31,19 +31,18 @@ class Masked:
     input_ids: list[int]
 
 
-def _word_groups(tokens: Sequence[int], word_start: Sequence[bool] | None, spec: MaskingSpec) -> list[list[int]]:
+def _word_groups(tokens: Sequence[int], word_start: Sequence[bool], never_mask: frozenset[int]) -> list[list[int]]:
+    """Positions grouped into words: a piece that does not start a word joins the word before it."""
     groups: list[list[int]] = []
+    previous = -2
     for position, token in enumerate(tokens):
-        if token in spec.never_mask:
+        if token in never_mask:
             continue
-        continues_word = (
-            spec.whole_word and word_start is not None and not word_start[position]
-            and groups and groups[-1][-1] == position - 1
-        )
-        if continues_word:
+        if not word_start[position] and groups and previous == position - 1:
             groups[-1].append(position)
         else:
             groups.append([position])
+        previous = position
     return groups
 
 
@@ -52,25 +51,37 @@ def mask_sequence(
 ) -> Masked:
     """Choose about masked_lm_prob of the tokens (whole words if spec.whole_word) and pick replacements.
 
-    `word_start[i]` says token i begins a word; it is needed only for whole-word masking.
+    `word_start[i]` says token i begins a word; it is needed only for whole-word masking. Candidates are
+    visited in a random order drawn lazily (a Fisher-Yates shuffle that stops once enough are chosen), so a
+    sample costs draws for the tokens it masks, not for every token.
     """
-    groups = _word_groups(tokens, word_start, spec)
     num_to_predict = min(spec.max_predictions_per_seq, max(1, int(round(len(tokens) * spec.masked_lm_prob))))
-    rng.shuffle(groups)
+    whole_word = spec.whole_word and word_start is not None
+    candidates: list = (
+        _word_groups(tokens, word_start, spec.never_mask) if whole_word
+        else [position for position, token in enumerate(tokens) if token not in spec.never_mask]
+    )
     chosen: list[int] = []
-    for group in groups:
+    remaining = len(candidates)
+    for i in range(remaining):
         if len(chosen) >= num_to_predict:
             break
-        if len(chosen) + len(group) > num_to_predict:
-            continue  # a whole word that would overshoot is skipped, as in Google's script
-        chosen.extend(group)
+        j = i + rng.randrange(remaining - i)
+        candidates[i], candidates[j] = candidates[j], candidates[i]
+        if not whole_word:
+            chosen.append(candidates[i])
+        elif len(chosen) + len(candidates[i]) <= num_to_predict:
+            chosen.extend(candidates[i])
+        # else: a whole word that would overshoot is skipped, as in Google's script
     chosen.sort()
     input_ids: list[int] = []
+    mask_below = spec.mask_token_prob
+    random_below = spec.mask_token_prob + spec.random_token_prob
     for position in chosen:
         draw = rng.random()
-        if draw < spec.mask_token_prob:
+        if draw < mask_below:
             input_ids.append(spec.mask_id)
-        elif draw < spec.mask_token_prob + spec.random_token_prob:
+        elif draw < random_below:
             replacement = rng.randrange(spec.vocab_size)
             while replacement in spec.special_ids:
                 replacement = rng.randrange(spec.vocab_size)

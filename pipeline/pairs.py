@@ -25,13 +25,29 @@ class Pair:
 
 
 def truncate_pair(tokens_a: list[int], tokens_b: list[int], max_num_tokens: int, rng: random.Random) -> None:
-    """Trim the longer segment, from the front or the back at random, until both fit (in place)."""
-    while len(tokens_a) + len(tokens_b) > max_num_tokens:
-        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+    """Trim the longer segment, from the front or the back at random, until both fit (in place).
+
+    One draw per removed token, as in Google's script; the removals are counted first and applied as two
+    slices, so a long random segment costs no repeated list shifting.
+    """
+    length_a, length_b = len(tokens_a), len(tokens_b)
+    front = {True: 0, False: 0}  # keyed by "is segment A"
+    back = {True: 0, False: 0}
+    while length_a + length_b > max_num_tokens:
+        trim_a = length_a > length_b
         if rng.random() < 0.5:
-            del longer[0]
+            front[trim_a] += 1
         else:
-            longer.pop()
+            back[trim_a] += 1
+        if trim_a:
+            length_a -= 1
+        else:
+            length_b -= 1
+    for tokens, is_a in ((tokens_a, True), (tokens_b, False)):
+        if back[is_a]:
+            del tokens[len(tokens) - back[is_a]:]
+        if front[is_a]:
+            del tokens[:front[is_a]]
 
 
 def _random_segment(

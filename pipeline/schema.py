@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 
 import numpy as np
 
@@ -67,9 +68,9 @@ class SampleBatch:
     @classmethod
     def from_lists(cls, keys, samples, tokens, positions, masked_ids, dtype: np.dtype) -> "SampleBatch":
         """Build from per-sample Python lists (as the pair maker produces them)."""
-        flat_tokens = np.fromiter((t for seq in tokens for t in seq), dtype=dtype)
-        flat_positions = np.fromiter((p for seq in positions for p in seq), dtype=np.uint16)
-        flat_ids = np.fromiter((t for seq in masked_ids for t in seq), dtype=dtype)
+        flat_tokens = np.fromiter(itertools.chain.from_iterable(tokens), dtype=dtype)
+        flat_positions = np.fromiter(itertools.chain.from_iterable(positions), dtype=np.uint16)
+        flat_ids = np.fromiter(itertools.chain.from_iterable(masked_ids), dtype=dtype)
         return cls(
             keys=np.asarray(keys, dtype=np.uint64),
             samples=np.asarray(samples, dtype=np.int32).reshape(-1, len(SAMPLE_COLUMNS)),

@@ -29,7 +29,8 @@ def normalize_line(line: str, nfkc: bool = False) -> str:
 
 
 def _is_abbreviation(text: str, dot_index: int) -> bool:
-    match = _WORD_BEFORE.search(text, 0, dot_index)
+    # Look back a bounded window only: scanning from 0 would make long paragraphs quadratic.
+    match = _WORD_BEFORE.search(text, max(0, dot_index - 16), dot_index)
     if not match:
         return False
     word = match.group(1).lower().rstrip(".")

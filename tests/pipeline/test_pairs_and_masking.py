@@ -126,3 +126,23 @@ def test_prediction_count_is_bounded(prob, expected):
     tokens = [2] + list(range(10, 70)) + [3]
     spec = MaskingSpec(**{**SPEC.__dict__, "masked_lm_prob": prob})
     assert len(mask_sequence(tokens, random.Random(1), spec).positions) == expected
+
+
+def test_truncate_pair_matches_the_token_by_token_reference():
+    def reference(a, b, limit, draw):
+        while len(a) + len(b) > limit:
+            longer = a if len(a) > len(b) else b
+            if draw.random() < 0.5:
+                del longer[0]
+            else:
+                longer.pop()
+
+    for seed in range(200):
+        source = random.Random(seed)
+        a = list(range(source.randint(1, 80)))
+        b = list(range(100, 100 + source.randint(1, 300)))
+        limit = source.randint(2, 120)
+        ours, theirs = (a[:], b[:]), (a[:], b[:])
+        truncate_pair(*ours, limit, random.Random(seed))
+        reference(*theirs, limit, random.Random(seed))
+        assert ours == theirs
