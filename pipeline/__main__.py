@@ -80,6 +80,7 @@ def prepare_output(output: str, overwrite: bool) -> None:
         stale = [m.path for result in old for m in result.metadata_list]
         if stale:
             FileSystems.delete(stale)
+        write.remove_scratch(output)
         probe = FileSystems.join(output, ".bertline-write-probe")
         with FileSystems.create(probe) as handle:
             handle.write(b"ok")
@@ -133,10 +134,8 @@ def build(pipeline, plan, ranges, given_tokenizer: bytes | None):
 
     from pipeline import tokenizer, transforms
 
-    # InputRange: one file or byte range of a file
-    inputs = pipeline | "PlanInputs" >> beam.Create(ranges, reshuffle=False)
-    # (document key, [sentence])
-    documents = inputs | "ReadCorpus" >> transforms.ReadCorpus(plan)
+    # (range index, InputRange): one file or byte range of a file
+    inputs = pipeline | "PlanInputs" >> beam.Create(list(enumerate(ranges)), reshuffle=False)
     if given_tokenizer is None:
         # (tokenizer file name, sha256), once the trained model is in the output folder
         ready = inputs | "TrainSentencePiece" >> transforms.TrainSentencePiece(plan)
@@ -144,10 +143,10 @@ def build(pipeline, plan, ranges, given_tokenizer: bytes | None):
         ready = pipeline | "GivenTokenizer" >> beam.Create(
             [(plan.tokenizer_file, tokenizer.file_sha256(given_tokenizer))], reshuffle=False
         )
-    # ((split, provisional shard), ("samples", SampleBatch))
-    batches = documents | "MakeSamples" >> transforms.MakeSamples(plan, ready)
+    # ((split, provisional shard), ("samples", reference to spilled samples))
+    refs = inputs | "MakeSamples" >> transforms.MakeSamples(plan, ready, len(ranges))
     # the manifest's per-split summary (one element)
-    return batches | "WriteShards" >> transforms.WriteShards(plan)
+    return refs | "WriteShards" >> transforms.WriteShards(plan)
 
 
 def print_counters(result) -> None:
@@ -159,7 +158,9 @@ def print_counters(result) -> None:
     totals: dict[str, int] = {}
     for counter in counters:
         # The tokenizer's sampling pass reads the input a second time; count the input once.
-        sampling_pass = counter.key.step.startswith("TrainSentencePiece/ReadCorpus")
+        sampling_pass = counter.key.step.startswith("TrainSentencePiece/")
+        if counter.key.metric.name == "tokenizer_training_sentences":
+            sampling_pass = False
         if counter.key.metric.namespace == "bertline" and not sampling_pass:
             name = counter.key.metric.name
             totals[name] = totals.get(name, 0) + (counter.committed if counter.committed is not None else counter.attempted)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import logging
 
 import apache_beam as beam
@@ -46,66 +47,73 @@ class JobPlan:
     show_progress: bool
 
 
-class ReadDocumentsFn(beam.DoFn):
-    """InputRange → (document key, raw lines), streaming one range."""
+class DocumentReader:
+    """Reads one input range and yields (key, sentences) per non-empty document, counting what it meets.
 
-    def __init__(self, plan: JobPlan):
+    Shared by the DoFns that read: the tokenizer's sampling pass and the tokenizing pass.
+    """
+
+    def __init__(self, plan: JobPlan, show_progress: bool):
         self.plan = plan
-        self.documents = _counter("documents_read")
-        self.bad_json = _counter("jsonl_lines_skipped")
-        self.bytes = _counter("input_chars")
+        self.show_progress = show_progress and plan.show_progress
         self._progress = None
-
-    def setup(self):
-        if self.plan.show_progress:
-            from tqdm import tqdm
-
-            self._progress = tqdm(total=self.plan.total_input_bytes, unit="B", unit_scale=True, desc="reading", leave=False)
-
-    def teardown(self):
-        if self._progress is not None:
-            self._progress.close()
+        self.documents = _counter("documents_read")
+        self.chars = _counter("input_chars")
+        self.bad_json = _counter("jsonl_lines_skipped")
+        self.empty = _counter("documents_empty")
+        self.nul = _counter("nul_characters_removed")
+        self.replaced = _counter("undecodable_bytes_replaced")
+        self.sentence_count = _counter("sentences")
 
     def _bad_line(self, message: str) -> None:
         self.bad_json.inc()
         log.warning("skipped malformed JSON line: %s", message)
 
-    def process(self, input_range: read.InputRange):
-        cfg = self.plan.config.input
+    def _advance(self, chars: int) -> None:
+        if self.show_progress and self._progress is None:
+            from tqdm import tqdm
+
+            self._progress = tqdm(total=self.plan.total_input_bytes, unit="B", unit_scale=True, desc="reading", leave=False)
+        if self._progress is not None:
+            self._progress.update(chars)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    def documents_of(self, input_range: read.InputRange):
+        cfg, normalize = self.plan.config.input, self.plan.config.normalize
         for document in read.read_documents(input_range, cfg.encoding, cfg.text_field, cfg.text_column, self._bad_line):
             chars = sum(len(line) for line in document.lines)
             self.documents.inc()
-            self.bytes.inc(chars)
-            if self._progress is not None:
-                self._progress.update(chars)
-            yield document.key, document.lines
+            self.chars.inc(chars)
+            self._advance(chars)
+            sentences: list[str] = []
+            for line in document.lines:
+                if "\x00" in line:
+                    self.nul.inc(line.count("\x00"))
+                if "\ufffd" in line:
+                    self.replaced.inc(line.count("\ufffd"))
+                sentences.extend(segment.split_sentences(segment.normalize_line(line, normalize.nfkc), normalize.max_sentence_chars))
+            if not sentences:
+                self.empty.inc()
+                continue
+            self.sentence_count.inc(len(sentences))
+            yield document.key, sentences
 
 
-class SplitSentencesFn(beam.DoFn):
-    """(key, raw lines) → (key, sentences): clean-up and sentence splitting; empty documents are counted."""
+class ReadSentencesFn(beam.DoFn):
+    """InputRange → (key, sentences) for each non-empty document (the tokenizer's sampling pass)."""
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
-        self.empty = _counter("documents_empty")
-        self.nul = _counter("nul_characters_removed")
-        self.replaced = _counter("undecodable_bytes_replaced")
-        self.sentences = _counter("sentences")
 
-    def process(self, element):
-        key, lines = element
-        cfg = self.plan.config.normalize
-        sentences: list[str] = []
-        for line in lines:
-            if "\x00" in line:
-                self.nul.inc(line.count("\x00"))
-            if "\ufffd" in line:
-                self.replaced.inc(line.count("\ufffd"))
-            sentences.extend(segment.split_sentences(segment.normalize_line(line, cfg.nfkc), cfg.max_sentence_chars))
-        if not sentences:
-            self.empty.inc()
-            return
-        self.sentences.inc(len(sentences))
-        yield key, sentences
+    def setup(self):
+        self.reader = DocumentReader(self.plan, show_progress=False)
+
+    def process(self, input_range: read.InputRange):
+        yield from self.reader.documents_of(input_range)
 
 
 class SampleSentencesFn(beam.DoFn):
@@ -173,89 +181,106 @@ def splits(config: PrepareConfig) -> tuple[str, ...]:
     return ("train", "validation") if config.output.validation_fraction > 0 else ("train",)
 
 
-class AssignBucketFn(beam.DoFn):
-    """(key, sentences) → ((split, bucket), ("document", key, sentences)): held-out split and bucket by hash."""
-
-    def __init__(self, plan: JobPlan):
-        self.plan = plan
-
-    def process(self, element):
-        key, sentences = element
-        seed = self.plan.config.seed
-        split = "validation" if rng.unit_interval(seed, "split", key) < self.plan.config.output.validation_fraction else "train"
-        bucket = rng.stable_hash(seed, "bucket", key) % self.plan.num_buckets
-        yield (split, bucket), ("document", key, sentences)
-
-
 class BroadcastTokenizerFn(beam.DoFn):
-    """(file, sha256) → one ((split, bucket), ("tokenizer", sha256)) per bucket, to join with its documents."""
+    """(file, sha256) → (range index, ("tokenizer", sha256)) for every input range, to join with it."""
 
-    def __init__(self, plan: JobPlan):
+    def __init__(self, plan: JobPlan, num_ranges: int):
         self.plan = plan
+        self.num_ranges = num_ranges
 
     def process(self, element):
         _, sha256 = element
-        for split in splits(self.plan.config):
-            for bucket in range(self.plan.num_buckets):
-                yield (split, bucket), ("tokenizer", sha256)
+        for index in range(self.num_ranges):
+            yield index, ("tokenizer", sha256)
+
+
+class TokenizeRangeFn(beam.DoFn):
+    """(range index, [its InputRange, the tokenizer's sha256]) → every document of the range, tokenized and
+    keyed by its held-out split and hash bucket: ((split, bucket), (key, flat ids, sentence lengths, sha256))."""
+
+    def __init__(self, plan: JobPlan):
+        self.plan = plan
+        self._tokenizer: tuple[str, tokenizer.Tokenizer] | None = None
+
+    def setup(self):
+        self.reader = DocumentReader(self.plan, show_progress=True)
+
+    def teardown(self):
+        self.reader.close()
+
+    def process(self, element):
+        _, records = element
+        records = list(records)
+        input_range = next(r[1] for r in records if r[0] == "range")
+        sha256 = next((r[1] for r in records if r[0] == "tokenizer"), None)
+        if sha256 is None:
+            # No tokenizer was trained because no sentence was sampled: the whole input is empty, and the
+            # manifest step says so. A range that does hold text means the runner lost the join.
+            if next(iter(self.reader.documents_of(input_range)), None) is not None:
+                raise UserError(f"input range {input_range.path}@{input_range.start} arrived without its tokenizer; the runner lost the join (see docs/runners.md)")
+            return
+        if self._tokenizer is None or self._tokenizer[0] != sha256:
+            self._tokenizer = (sha256, load_output_tokenizer(self.plan, sha256))
+        tok = self._tokenizer[1]
+        dtype = schema.token_dtype(tok.vocab_size)
+        seed, fraction = self.plan.config.seed, self.plan.config.output.validation_fraction
+        tokens = _counter("tokens")
+        for key, sentences in self.reader.documents_of(input_range):
+            ids = tok.encode(sentences)
+            lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
+            flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+            tokens.inc(len(flat))
+            split = "validation" if rng.unit_interval(seed, "split", key) < fraction else "train"
+            bucket = rng.stable_hash(seed, "bucket", key) % self.plan.num_buckets
+            yield (split, bucket), (key, flat, lengths, sha256)
+
+
+def _masking_spec(config: PrepareConfig, tok: tokenizer.Tokenizer) -> masking.MaskingSpec:
+    cfg, special = config.masking, tok.special_ids
+    return masking.MaskingSpec(
+        masked_lm_prob=cfg.masked_lm_prob,
+        max_predictions_per_seq=cfg.max_predictions_per_seq,
+        mask_token_prob=cfg.mask_token_prob,
+        random_token_prob=cfg.random_token_prob,
+        whole_word=cfg.whole_word,
+        mask_id=special["[MASK]"],
+        vocab_size=tok.vocab_size,
+        never_mask=frozenset((special["[CLS]"], special["[SEP]"], special["[PAD]"])),
+        special_ids=frozenset(special.values()),
+    )
 
 
 class CreateSamplesFn(beam.DoFn):
-    """A bucket (its documents and the tokenizer's hash) → tokenized sentence pairs with masks, as one
-    SampleBatch per provisional shard: ((split, provisional shard), SampleBatch)."""
+    """A bucket of tokenized documents → sentence pairs with masks, spilled to one file in the output's
+    scratch folder; emits a small reference per provisional shard: ((split, shard), ("samples", ref))."""
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
         self._tokenizer: tuple[str, tokenizer.Tokenizer, list[bool]] | None = None
 
-    def _load(self, sha256: str):
+    def process(self, element):
+        (split, bucket), documents = element
+        documents = sorted(documents, key=lambda d: d[0])
+        sha256 = documents[0][3]
         if self._tokenizer is None or self._tokenizer[0] != sha256:
             tok = load_output_tokenizer(self.plan, sha256)
             self._tokenizer = (sha256, tok, tok.word_starts())
-        return self._tokenizer[1], self._tokenizer[2]
-
-    def _spec(self, tok: tokenizer.Tokenizer) -> masking.MaskingSpec:
-        cfg, special = self.plan.config.masking, tok.special_ids
-        return masking.MaskingSpec(
-            masked_lm_prob=cfg.masked_lm_prob,
-            max_predictions_per_seq=cfg.max_predictions_per_seq,
-            mask_token_prob=cfg.mask_token_prob,
-            random_token_prob=cfg.random_token_prob,
-            whole_word=cfg.whole_word,
-            mask_id=special["[MASK]"],
-            vocab_size=tok.vocab_size,
-            never_mask=frozenset((special["[CLS]"], special["[SEP]"], special["[PAD]"])),
-            special_ids=frozenset(special.values()),
-        )
-
-    def process(self, element):
-        (split, _), records = element
-        records = list(records)
-        sha256 = next((r[1] for r in records if r[0] == "tokenizer"), None)
-        documents = sorted((r[1], r[2]) for r in records if r[0] == "document")
-        if not documents:
-            return
-        if sha256 is None:
-            raise UserError("a bucket of documents arrived without its tokenizer; the runner lost the join (see docs/runners.md)")
-        tok, word_starts = self._load(sha256)
+        _, tok, word_starts = self._tokenizer
         cfg = self.plan.config
-        spec = self._spec(tok)
-        bucket = []
-        for _, sentences in documents:
-            ids = tok.encode(sentences)
-            _counter("tokens").inc(sum(len(s) for s in ids))
-            bucket.append(ids)
+        spec = _masking_spec(cfg, tok)
+        bucket_sentences = [np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else [] for _, flat, lengths, _ in documents]
+        bucket_sentences = [[sentence.tolist() for sentence in doc] for doc in bucket_sentences]
         shards = num_shards(cfg, split)
         by_shard: dict[int, tuple[list, ...]] = {}
         cls_id, sep_id = tok.special_ids["[CLS]"], tok.special_ids["[SEP]"]
         starts_table = word_starts if cfg.masking.whole_word else None
-        for index, (key, _) in enumerate(documents):
-            if sum(1 for s in bucket[index] if s) < 2:
+        for index, (key, *_) in enumerate(documents):
+            if sum(1 for s in bucket_sentences[index] if s) < 2:
                 _counter("single_sentence_documents").inc()
             for dupe in range(cfg.pairs.dupe_factor):
                 draw = rng.rng_for(cfg.seed, "pairs", key, dupe)
                 made = pairs.create_pairs(
-                    bucket, index, draw,
+                    bucket_sentences, index, draw,
                     max_seq_length=cfg.pairs.max_seq_length,
                     short_seq_prob=cfg.pairs.short_seq_prob,
                     random_next_prob=cfg.pairs.random_next_prob,
@@ -272,11 +297,15 @@ class CreateSamplesFn(beam.DoFn):
                     columns[2].append(tokens)
                     columns[3].append(masked.positions)
                     columns[4].append(masked.input_ids)
+        if not by_shard:
+            return
         dtype = schema.token_dtype(tok.vocab_size)
-        for shard in sorted(by_shard):
-            batch = schema.SampleBatch.from_lists(*by_shard[shard], dtype=dtype)
-            _counter(f"{split}_samples_created").inc(len(batch))
-            yield (split, shard), ("samples", batch)
+        order = sorted(by_shard)
+        batches = [schema.SampleBatch.from_lists(*by_shard[shard], dtype=dtype) for shard in order]
+        _counter(f"{split}_samples_created").inc(sum(len(b) for b in batches))
+        name = f"{split}-bucket-{bucket:06d}.spill"
+        for shard, ref in zip(order, write.spill(self.plan.output, name, batches)):
+            yield (split, shard), ("samples", ref)
 
 
 class PlanBalanceFn(beam.DoFn):
@@ -299,47 +328,51 @@ class PlanBalanceFn(beam.DoFn):
 
 
 class RebalanceFn(beam.DoFn):
-    """(split, provisional shard) → its samples and its plan → samples keyed by their final shard."""
+    """A provisional shard's sample references and its plan → references keyed by final shard:
+    ((split, final shard), (ref, split total)). The samples move through the scratch folder."""
+
+    def __init__(self, plan: JobPlan):
+        self.plan = plan
 
     def process(self, element):
         (split, shard), records = element
         records = list(records)
         plan = next(r[1] for r in records if r[0] == "plan")
-        batches = [r[1] for r in records if r[0] == "samples"]
-        if not batches:
+        refs = sorted((r[1] for r in records if r[0] == "samples"), key=lambda ref: (ref["path"], ref["offset"]))
+        if not refs:
             return
-        batch = schema.SampleBatch.concat(batches).sorted_by_key()
-        total = plan["split_total"]
-        if plan["keep"]:
-            yield (split, shard), (batch.take(np.arange(plan["keep"])), total)
-        start = plan["keep"]
-        for destination, count in plan["moves"]:
-            yield (split, destination), (batch.take(np.arange(start, start + count)), total)
+        batch = schema.SampleBatch.concat([write.unspill(self.plan.output, ref) for ref in refs]).sorted_by_key()
+        pieces, destinations = [], []
+        start = 0
+        for destination, count in ([[shard, plan["keep"]]] if plan["keep"] else []) + plan["moves"]:
+            pieces.append(batch.take(np.arange(start, start + count)))
+            destinations.append(destination)
             start += count
         if plan["dropped"]:
             _counter(f"{split}_samples_dropped_remainder").inc(plan["dropped"])
+        total = plan["split_total"]
+        for destination, ref in zip(destinations, write.spill(self.plan.output, f"{split}-provisional-{shard:05d}.spill", pieces)):
+            yield (split, destination), (ref, total)
 
 
 class WriteShardFn(beam.DoFn):
-    """(split, shard) → the shard's samples, written as one tar; emits (None, its manifest entry)."""
+    """(split, shard) → its sample references, read, sorted and written as one tar; emits (None, entry)."""
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
 
     def process(self, element):
         (split, shard), parts = element
-        parts = list(parts)
-        info = write.write_shard(
-            self.plan.output, split, shard, schema.SampleBatch.concat([batch for batch, _ in parts]),
-            self.plan.config.output.samples_per_record,
-        )
+        parts = sorted(parts, key=lambda part: (part[0]["path"], part[0]["offset"]))
+        batch = schema.SampleBatch.concat([write.unspill(self.plan.output, ref) for ref, _ in parts])
+        info = write.write_shard(self.plan.output, split, shard, batch, self.plan.config.output.samples_per_record)
         _counter("shards_written").inc()
         _counter("shard_bytes").inc(info["bytes"])
         yield None, {**info, "split_total": parts[0][1]}
 
 
 class WriteManifestFn(beam.DoFn):
-    """Every shard entry → manifest.json, then the COMPLETED marker; emits the per-split summary."""
+    """Every shard entry → manifest.json, the scratch folder removed, then the COMPLETED marker."""
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
@@ -374,24 +407,9 @@ class WriteManifestFn(beam.DoFn):
             list(self.plan.inputs), self.plan.code_revision,
         )
         write.write_atomically(FileSystems.join(self.plan.output, write.MANIFEST), write.manifest_bytes(manifest))
+        write.remove_scratch(self.plan.output)
         write.write_atomically(FileSystems.join(self.plan.output, write.COMPLETED), b"")
         yield manifest["splits"]
-
-
-class ReadCorpus(beam.PTransform):
-    """InputRanges → (key, sentences) for every non-empty document."""
-
-    def __init__(self, plan: JobPlan, show_progress: bool = True):
-        super().__init__()
-        self.plan = dataclasses.replace(plan, show_progress=plan.show_progress and show_progress)
-
-    def expand(self, ranges):
-        return (
-            ranges
-            | "ReadDocuments" >> beam.ParDo(ReadDocumentsFn(self.plan))
-            # (key, [raw line])
-            | "SplitSentences" >> beam.ParDo(SplitSentencesFn(self.plan))
-        )
 
 
 class TrainSentencePiece(beam.PTransform):
@@ -409,7 +427,8 @@ class TrainSentencePiece(beam.PTransform):
     def expand(self, ranges):
         return (
             ranges
-            | "ReadCorpus" >> ReadCorpus(self.plan, show_progress=False)
+            | "DropIndex" >> beam.Map(lambda kv: kv[1])
+            | "ReadSentences" >> beam.ParDo(ReadSentencesFn(self.plan))
             # (key, [sentence])
             | "SampleSentences" >> beam.ParDo(SampleSentencesFn(self.plan))
             # (None, (score, sentence)), candidates for the K smallest scores
@@ -420,55 +439,59 @@ class TrainSentencePiece(beam.PTransform):
 
 
 class MakeSamples(beam.PTransform):
-    """(key, sentences) and the tokenizer's (file, sha256) → ((split, provisional shard), ("samples", SampleBatch))."""
+    """(range index, InputRange) and the tokenizer's (file, sha256) → ((split, provisional shard), ("samples", ref))."""
 
-    def __init__(self, plan: JobPlan, tokenizer_ready):
+    def __init__(self, plan: JobPlan, tokenizer_ready, num_ranges: int):
         super().__init__()
         self.plan = plan
         self.tokenizer_ready = tokenizer_ready
+        self.num_ranges = num_ranges
 
-    def expand(self, documents):
-        bucketed = documents | "AssignBuckets" >> beam.ParDo(AssignBucketFn(self.plan))
-        # ((split, bucket), ("document", key, [sentence]))
-        tokenizer_copies = self.tokenizer_ready | "BroadcastTokenizer" >> beam.ParDo(BroadcastTokenizerFn(self.plan))
-        # ((split, bucket), ("tokenizer", sha256)) for every bucket
+    def expand(self, ranges):
+        tagged = ranges | "TagRanges" >> beam.Map(lambda kv: (kv[0], ("range", kv[1])))
+        # (range index, ("range", InputRange))
+        copies = self.tokenizer_ready | "BroadcastTokenizer" >> beam.ParDo(BroadcastTokenizerFn(self.plan, self.num_ranges))
+        # (range index, ("tokenizer", sha256)) for every range
         return (
-            (bucketed, tokenizer_copies)
+            (tagged, copies)
             | "JoinTokenizer" >> beam.Flatten()
+            | "GroupRanges" >> beam.GroupByKey()
+            | "ReadAndTokenize" >> beam.ParDo(TokenizeRangeFn(self.plan))
+            # ((split, bucket), (document key, flat ids, sentence lengths, tokenizer sha256))
             | "GroupBuckets" >> beam.GroupByKey()
             | "PairAndMask" >> beam.ParDo(CreateSamplesFn(self.plan))
         )
 
 
 class WriteShards(beam.PTransform):
-    """((split, provisional shard), ("samples", SampleBatch)) → balanced shards on disk, then the manifest
-    and COMPLETED; emits the manifest's per-split summary."""
+    """((split, provisional shard), ("samples", ref)) → balanced shards on disk, then the manifest and
+    COMPLETED; emits the manifest's per-split summary."""
 
     def __init__(self, plan: JobPlan):
         super().__init__()
         self.plan = plan
 
-    def expand(self, batches):
+    def expand(self, refs):
         plans = (
-            batches
-            | "CountSamples" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], len(kv[1][1]))))
+            refs
+            | "CountSamples" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1][1]["count"])))
             # (split, (provisional shard, samples))
             | "GroupCounts" >> beam.GroupByKey()
             | "PlanBalance" >> beam.ParDo(PlanBalanceFn(self.plan))
         )
         # ((split, provisional shard), ("plan", {keep, moves, dropped, split_total}))
         entries = (
-            (batches, plans)
+            (refs, plans)
             | "JoinPlans" >> beam.Flatten()
             | "GroupProvisional" >> beam.GroupByKey()
-            | "Rebalance" >> beam.ParDo(RebalanceFn())
-            # ((split, final shard), (SampleBatch, split total))
+            | "Rebalance" >> beam.ParDo(RebalanceFn(self.plan))
+            # ((split, final shard), (ref, split total))
             | "GroupShards" >> beam.GroupByKey()
             | "WriteTar" >> beam.ParDo(WriteShardFn(self.plan))
         )
         # (None, shard manifest entry), plus one (None, None) so the manifest step runs, and can say
         # what is wrong, even when no sample at all came through
-        seed = batches.pipeline | "ManifestSeed" >> beam.Create([(None, None)], reshuffle=False)
+        seed = refs.pipeline | "ManifestSeed" >> beam.Create([(None, None)], reshuffle=False)
         return (
             (entries, seed)
             | "WithSeed" >> beam.Flatten()

@@ -22,6 +22,7 @@ from pipeline.schema import FORMAT, SCHEMA_VERSION, SampleBatch
 
 MANIFEST = "manifest.json"
 COMPLETED = "COMPLETED"
+SCRATCH = "_scratch"  # samples between the job's steps; removed before COMPLETED is written
 SPLITS = ("train", "validation")
 
 
@@ -99,6 +100,44 @@ def write_shard(output: str, split: str, shard: int, batch: SampleBatch, samples
         "masked_tokens": int(batch.samples[:, 3].sum()),
         "random_next": int(batch.samples[:, 2].sum()),
     }
+
+
+def spill(output: str, name: str, batches: list[SampleBatch]) -> list[dict]:
+    """Write batches back to back into one scratch file; returns a small reference to each.
+
+    Samples travel between the job's grouping steps through these files, so the runner shuffles only the
+    references: no step and no runner buffer ever holds more than one bucket or one shard of samples.
+    Each segment is five .npy arrays: keys, then the record members.
+    """
+    buffer = io.BytesIO()
+    refs = []
+    for batch in batches:
+        refs.append({"path": name, "offset": buffer.tell(), "count": len(batch)})
+        np.save(buffer, batch.keys, allow_pickle=False)
+        for array in (batch.samples, batch.tokens, batch.masked_lm_positions, batch.masked_input_ids):
+            np.save(buffer, array, allow_pickle=False)
+    write_atomically(FileSystems.join(output, SCRATCH, name), buffer.getvalue())
+    return refs
+
+
+def unspill(output: str, ref: dict) -> SampleBatch:
+    """Read back the segment a spill reference points at."""
+    with FileSystems.open(FileSystems.join(output, SCRATCH, ref["path"])) as handle:
+        handle.seek(ref["offset"])
+        arrays = [np.lib.format.read_array(handle, allow_pickle=False) for _ in range(5)]
+    batch = SampleBatch(*arrays)
+    if len(batch) != ref["count"]:
+        raise RuntimeError(f"scratch file {ref['path']} holds {len(batch)} samples at {ref['offset']}, expected {ref['count']}")
+    return batch
+
+
+def remove_scratch(output: str) -> None:
+    scratch = FileSystems.join(output, SCRATCH)
+    files = [m.path for m in FileSystems.match([FileSystems.join(scratch, "*")])[0].metadata_list]
+    if files:
+        FileSystems.delete(files)
+    if "://" not in output and FileSystems.exists(scratch):
+        FileSystems.delete([scratch])
 
 
 def build_manifest(
