@@ -1,6 +1,7 @@
 """Pure sentence-pair creation for Next Sentence Prediction, after Google's create_pretraining_data.py.
 
-A document is a list of sentences, each a list of token ids. The differences from Google's script are
+A document is a sequence of sentences, each a list of token ids (any object with len() and indexing that
+returns lists will do, so a bucket can keep its documents as compact arrays and convert on access). The differences from Google's script are
 deliberate: the short target length is drawn per sample (Google draws it once per document), random-next
 segments come from the document's bucket rather than the whole corpus, and a bucket with no other
 document falls back to an actual-next pair instead of pairing a document with itself.
@@ -62,8 +63,8 @@ def _random_segment(
     if not other:
         return None
     tokens: list[int] = []
-    for sentence in other[rng.randrange(len(other)):]:
-        tokens.extend(sentence)
+    for index in range(rng.randrange(len(other)), len(other)):  # indexed: a lazy document converts only these
+        tokens.extend(other[index])
         if len(tokens) >= target_length:
             break
     return tokens

@@ -250,6 +250,57 @@ def _masking_spec(config: PrepareConfig, tok: tokenizer.Tokenizer) -> masking.Ma
     )
 
 
+class TokenizedDocument:
+    """A document's sentences as one flat id array plus offsets; sentence j converts to a list on access,
+    so a bucket costs its ids' bytes, not a Python int object per token."""
+
+    __slots__ = ("flat", "offsets")
+
+    def __init__(self, flat: np.ndarray, lengths: np.ndarray):
+        self.flat = flat
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> list[int]:
+        return self.flat[self.offsets[index]:self.offsets[index + 1]].tolist()
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+class _ShardAccumulator:
+    """Samples of one bucket grouped by provisional shard; Python lists are packed into SampleBatch chunks
+    every `flush_every` samples so a large bucket stays compact."""
+
+    def __init__(self, dtype: np.dtype, flush_every: int = 8192):
+        self.dtype, self.flush_every = dtype, flush_every
+        self.pending: dict[int, tuple[list, ...]] = {}
+        self.pending_count = 0
+        self.chunks: dict[int, list[schema.SampleBatch]] = {}
+
+    def add(self, shard: int, key: int, row: tuple, tokens: list[int], masked: masking.Masked) -> None:
+        columns = self.pending.setdefault(shard, ([], [], [], [], []))
+        columns[0].append(key)
+        columns[1].append(row)
+        columns[2].append(tokens)
+        columns[3].append(masked.positions)
+        columns[4].append(masked.input_ids)
+        self.pending_count += 1
+        if self.pending_count >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        for shard, columns in self.pending.items():
+            self.chunks.setdefault(shard, []).append(schema.SampleBatch.from_lists(*columns, dtype=self.dtype))
+        self.pending, self.pending_count = {}, 0
+
+    def batches(self) -> dict[int, schema.SampleBatch]:
+        self.flush()
+        return {shard: schema.SampleBatch.concat(chunks) for shard, chunks in sorted(self.chunks.items())}
+
+
 class CreateSamplesFn(beam.DoFn):
     """A bucket of tokenized documents → sentence pairs with masks, spilled to one file in the output's
     scratch folder; emits a small reference per provisional shard: ((split, shard), ("samples", ref))."""
@@ -268,19 +319,18 @@ class CreateSamplesFn(beam.DoFn):
         _, tok, word_starts = self._tokenizer
         cfg = self.plan.config
         spec = _masking_spec(cfg, tok)
-        bucket_sentences = [np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else [] for _, flat, lengths, _ in documents]
-        bucket_sentences = [[sentence.tolist() for sentence in doc] for doc in bucket_sentences]
+        bucket_documents = [TokenizedDocument(flat, lengths) for _, flat, lengths, _ in documents]
         shards = num_shards(cfg, split)
-        by_shard: dict[int, tuple[list, ...]] = {}
+        accumulator = _ShardAccumulator(schema.token_dtype(tok.vocab_size))
         cls_id, sep_id = tok.special_ids["[CLS]"], tok.special_ids["[SEP]"]
         starts_table = word_starts if cfg.masking.whole_word else None
-        for index, (key, *_) in enumerate(documents):
-            if sum(1 for s in bucket_sentences[index] if s) < 2:
+        for index, (key, _, lengths, _) in enumerate(documents):
+            if int((lengths > 0).sum()) < 2:
                 _counter("single_sentence_documents").inc()
             for dupe in range(cfg.pairs.dupe_factor):
                 draw = rng.rng_for(cfg.seed, "pairs", key, dupe)
                 made = pairs.create_pairs(
-                    bucket_sentences, index, draw,
+                    bucket_documents, index, draw,
                     max_seq_length=cfg.pairs.max_seq_length,
                     short_seq_prob=cfg.pairs.short_seq_prob,
                     random_next_prob=cfg.pairs.random_next_prob,
@@ -291,20 +341,14 @@ class CreateSamplesFn(beam.DoFn):
                     starts = [starts_table[t] for t in tokens] if starts_table is not None else None
                     masked = masking.mask_sequence(tokens, draw, spec, starts)
                     sample_key = draw.getrandbits(64)
-                    columns = by_shard.setdefault(sample_key % shards, ([], [], [], [], []))
-                    columns[0].append(sample_key)
-                    columns[1].append((len(tokens), len(pair.tokens_a) + 2, int(pair.is_random_next), len(masked.positions)))
-                    columns[2].append(tokens)
-                    columns[3].append(masked.positions)
-                    columns[4].append(masked.input_ids)
+                    row = (len(tokens), len(pair.tokens_a) + 2, int(pair.is_random_next), len(masked.positions))
+                    accumulator.add(sample_key % shards, sample_key, row, tokens, masked)
+        by_shard = accumulator.batches()
         if not by_shard:
             return
-        dtype = schema.token_dtype(tok.vocab_size)
-        order = sorted(by_shard)
-        batches = [schema.SampleBatch.from_lists(*by_shard[shard], dtype=dtype) for shard in order]
-        _counter(f"{split}_samples_created").inc(sum(len(b) for b in batches))
+        _counter(f"{split}_samples_created").inc(sum(len(b) for b in by_shard.values()))
         name = f"{split}-bucket-{bucket:06d}.spill"
-        for shard, ref in zip(order, write.spill(self.plan.output, name, batches)):
+        for shard, ref in zip(by_shard, write.spill(self.plan.output, name, list(by_shard.values()))):
             yield (split, shard), ("samples", ref)
 
 
