@@ -47,6 +47,10 @@ class TokenizerConfig(Section):
     sample_sentences: int = Field(
         300_000, ge=100, description="At most this many sentences (a deterministic hash sample of the corpus) train SentencePiece."
     )
+    training_threads: int = Field(
+        1, ge=1, le=256,
+        description="Threads SentencePiece trains with. The model's bytes depend on this number (not on the machine), so keep it fixed across runs you compare.",
+    )
     path: str | None = Field(None, description="The SentencePiece .model (kind=sentencepiece) or WordPiece vocab.txt (kind=wordpiece).")
     lowercase: bool = Field(True, description="WordPiece only: lower-case and strip accents (uncased BERT); false for cased vocabularies.")
 

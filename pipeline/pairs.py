@@ -28,27 +28,29 @@ class Pair:
 def truncate_pair(tokens_a: list[int], tokens_b: list[int], max_num_tokens: int, rng: random.Random) -> None:
     """Trim the longer segment, from the front or the back at random, until both fit (in place).
 
-    One draw per removed token, as in Google's script; the removals are counted first and applied as two
+    One draw per removed token, as in Google's script; the removals are counted first and applied as
     slices, so a long random segment costs no repeated list shifting.
     """
     length_a, length_b = len(tokens_a), len(tokens_b)
-    front = {True: 0, False: 0}  # keyed by "is segment A"
-    back = {True: 0, False: 0}
+    front_a = back_a = front_b = back_b = 0
+    draw = rng.random
     while length_a + length_b > max_num_tokens:
-        trim_a = length_a > length_b
-        if rng.random() < 0.5:
-            front[trim_a] += 1
-        else:
-            back[trim_a] += 1
-        if trim_a:
+        if length_a > length_b:
+            if draw() < 0.5:
+                front_a += 1
+            else:
+                back_a += 1
             length_a -= 1
         else:
+            if draw() < 0.5:
+                front_b += 1
+            else:
+                back_b += 1
             length_b -= 1
-    for tokens, is_a in ((tokens_a, True), (tokens_b, False)):
-        if back[is_a]:
-            del tokens[len(tokens) - back[is_a]:]
-        if front[is_a]:
-            del tokens[:front[is_a]]
+    if front_a or back_a:
+        tokens_a[:] = tokens_a[front_a:len(tokens_a) - back_a]
+    if front_b or back_b:
+        tokens_b[:] = tokens_b[front_b:len(tokens_b) - back_b]
 
 
 def _random_segment(

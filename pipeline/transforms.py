@@ -155,7 +155,8 @@ class TrainTokenizerFn(beam.DoFn):
         sentences = [sentence for _, sentence in sorted(scored)]
         _counter("tokenizer_training_sentences").inc(len(sentences))
         model = tokenizer.train_sentencepiece(
-            sentences, vocab_size=cfg.vocab_size, model_type=cfg.model_type, character_coverage=cfg.character_coverage
+            sentences, vocab_size=cfg.vocab_size, model_type=cfg.model_type, character_coverage=cfg.character_coverage,
+            threads=cfg.training_threads,
         )
         write.write_atomically(FileSystems.join(self.plan.output, self.plan.tokenizer_file), model)
         yield self.plan.tokenizer_file, tokenizer.file_sha256(model)
@@ -327,6 +328,9 @@ class CreateSamplesFn(beam.DoFn):
         for index, (key, _, lengths, _) in enumerate(documents):
             if int((lengths > 0).sum()) < 2:
                 _counter("single_sentence_documents").inc()
+            # The document being paired is read on every pass: convert it once, put it back afterwards.
+            compact = bucket_documents[index]
+            bucket_documents[index] = list(compact)
             for dupe in range(cfg.pairs.dupe_factor):
                 draw = rng.rng_for(cfg.seed, "pairs", key, dupe)
                 made = pairs.create_pairs(
@@ -343,6 +347,7 @@ class CreateSamplesFn(beam.DoFn):
                     sample_key = draw.getrandbits(64)
                     row = (len(tokens), len(pair.tokens_a) + 2, int(pair.is_random_next), len(masked.positions))
                     accumulator.add(sample_key % shards, sample_key, row, tokens, masked)
+            bucket_documents[index] = compact
         by_shard = accumulator.batches()
         if not by_shard:
             return
