@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast bench-prep bench-prep-quick clean
+.PHONY: install demo test test-fast bench-prep bench-prep-quick bench-read clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench-prep: $(STAMP)
 
 bench-prep-quick: $(STAMP)
 	$(BIN)/python bench/prep.py --quick
+
+bench-read: $(STAMP)
+	$(BIN)/python bench/read_shards.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

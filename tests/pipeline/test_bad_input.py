@@ -66,7 +66,8 @@ def test_malformed_jsonl_lines_are_counted_and_skipped(tmp_path, capsys):
 
 def test_bad_bytes_nul_whitespace_docs_and_single_sentence_docs_are_counted(tmp_path, capsys):
     good = _corpus(tmp_path).read_bytes()
-    noisy = good + b"\n\nBroken \xff\xfe bytes here. And a NUL\x00 too. Third one.\n\n   \n\t\n\nOnly one sentence here.\n"
+    noisy = (good + b"\n\nBroken \xff\xfe bytes here. And a NUL\x00 too. Third one.\n\n   \n\t\n\nOnly one sentence here.\n"
+             b"\n\x01\x02\x7f\n\x03\n")  # the last document is control characters only: empty once cleaned
     (tmp_path / "noisy.txt").write_bytes(noisy)
     (tmp_path / "empty.txt").write_bytes(b"")
     code, out, err = prepare(capsys, "--input", tmp_path / "noisy.txt", "--input", tmp_path / "empty.txt",
@@ -76,6 +77,7 @@ def test_bad_bytes_nul_whitespace_docs_and_single_sentence_docs_are_counted(tmp_
     assert counters["undecodable_bytes_replaced"] == 2
     assert counters["nul_characters_removed"] == 1
     assert counters["single_sentence_documents"] >= 1
+    assert counters["documents_empty"] == 1
 
 
 def test_a_fifty_megabyte_line_without_punctuation_is_chunked(tmp_path, capsys):
