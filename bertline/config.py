@@ -26,8 +26,8 @@ def parse_overrides(args: Iterable[str], model: type[pydantic.BaseModel]) -> tup
     """Split config overrides from the other arguments.
 
     An override is `--section.key VALUE` (or `=VALUE`) for a section of `model`, or `--key VALUE` for one of
-    its top-level scalars such as `--seed 7`. Values are parsed as YAML scalars, so `8`, `0.5`, `true`, `null`
-    and `[a, b]` get their types. Returns (dotted key → value, the other arguments in order).
+    its top-level scalars such as `--seed 7`. Values stay text here; load_config types them against the
+    field they set. Returns (dotted key → raw text, the other arguments in order).
     """
     sections = tuple(
         f"--{name}." for name, field in model.model_fields.items()
@@ -52,11 +52,33 @@ def parse_overrides(args: Iterable[str], model: type[pydantic.BaseModel]) -> tup
                 i += 1
             else:
                 raise UserError(f"the override {arg} has no value; write {arg} VALUE or {arg}=VALUE")
-            overrides[flag[2:]] = yaml.safe_load(raw) if raw != "" else ""
+            overrides[flag[2:]] = raw
         else:
             rest.append(arg)
         i += 1
     return overrides, rest
+
+
+def _field_annotation(model: type[pydantic.BaseModel], dotted: str) -> Any:
+    """The annotation of the field a dotted key names, or None when the key is unknown."""
+    node: Any = model
+    for part in dotted.split("."):
+        if not (isinstance(node, type) and issubclass(node, pydantic.BaseModel)) or part not in node.model_fields:
+            return None
+        node = node.model_fields[part].annotation
+    return node
+
+
+def _typed(model: type[pydantic.BaseModel], dotted: str, raw: str) -> Any:
+    """An override's text as a value: kept as text for string fields (so a path like `2024` or `@vocab`
+    survives), parsed as YAML for the rest (`8`, `0.5`, `true`, `null`, `[a, b]`)."""
+    annotation = _field_annotation(model, dotted)
+    if annotation is str or annotation == (str | None):
+        return None if annotation != str and raw in ("null", "~") else raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise UserError(f"the value {raw!r} of --{dotted} is not a valid number, boolean, list or text; quote or fix it") from None
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -94,7 +116,7 @@ def load_config(model: type[T], path: str | Path | None, overrides: dict[str, An
             raise UserError(f"config file {path} must hold a mapping of sections, not a {type(loaded).__name__}")
         tree = loaded or {}
     for key, value in overrides.items():
-        _set_dotted(tree, key, value)
+        _set_dotted(tree, key, _typed(model, key, value) if isinstance(value, str) else value)
     if overrides:
         source += " with command-line overrides"
     try:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -63,21 +64,32 @@ def code_revision() -> str:
 
 
 def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuse a folder holding a finished run (unless overwrite); clear our old files; check it is writable."""
+    """Refuse a folder holding a finished run (unless overwrite) or files bertline did not write; clear
+    bertline's own files from an earlier run; check that the folder is writable."""
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline import write
 
-    completed = FileSystems.join(output, write.COMPLETED)
-    if FileSystems.exists(completed):
-        if not overwrite:
-            raise UserError(f"output folder {output} already holds a completed run; pass --overwrite to replace it or choose another --output")
-        FileSystems.delete([completed])  # first, so a crash below never leaves a stale marker
     try:
         if "://" not in output:
             Path(output).mkdir(parents=True, exist_ok=True)
-        old = FileSystems.match([FileSystems.join(output, pattern) for pattern in ("*.tar", "*.tmp-*", write.MANIFEST, "spm.model", "vocab.txt")])
-        stale = [m.path for result in old for m in result.metadata_list]
+        present = [m.path for m in FileSystems.match([FileSystems.join(output, "*")])[0].metadata_list]
+    except Exception as exc:  # OSError, or Beam's BeamIOError around it
+        raise UserError(f"output folder {output} is not writable ({exc.__class__.__name__}); choose another --output or fix its permissions") from None
+    names = {path.rstrip("/").rsplit("/", 1)[-1] for path in present}
+    foreign = sorted(name for name in names if not write.is_output_name(name))
+    if foreign:
+        raise UserError(
+            f"output folder {output} holds files bertline did not write ({', '.join(foreign[:3])}"
+            f"{', …' if len(foreign) > 3 else ''}); choose an empty or new --output"
+        )
+    if write.COMPLETED in names and not overwrite:
+        raise UserError(f"output folder {output} already holds a completed run; pass --overwrite to replace it or choose another --output")
+    try:
+        completed = FileSystems.join(output, write.COMPLETED)
+        if FileSystems.exists(completed):
+            FileSystems.delete([completed])  # first, so a crash below never leaves a stale marker
+        stale = [path for path in present if path.rstrip("/").rsplit("/", 1)[-1] not in (write.COMPLETED, write.SCRATCH)]
         if stale:
             FileSystems.delete(stale)
         write.remove_scratch(output)
@@ -85,10 +97,44 @@ def prepare_output(output: str, overwrite: bool) -> None:
         with FileSystems.create(probe) as handle:
             handle.write(b"ok")
         FileSystems.delete([probe])
-    except (OSError, Exception) as exc:  # Beam wraps OSError in BeamIOError
-        if isinstance(exc, UserError):
-            raise
+    except Exception as exc:  # OSError, or Beam's BeamIOError around it
         raise UserError(f"output folder {output} is not writable ({exc.__class__.__name__}); choose another --output or fix its permissions") from None
+
+
+def check_beam_flags(beam_args: list[str]) -> list[str]:
+    """Beam's flags with the default runner added; a flag no Beam option knows is a UserError, because Beam
+    itself only logs it and runs on (a mistyped --inputs would silently train on the built-in corpus)."""
+    import importlib
+
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    options = PipelineOptions(beam_args)
+    runner = options.view_as(StandardOptions).runner
+    if runner is None:
+        beam_args = [f"--runner={DEFAULT_RUNNER}", *beam_args]
+        runner = DEFAULT_RUNNER
+    elif "." in runner:
+        # A runner given by module path registers its own options (the DaskRunner's --dask_client_address).
+        module = runner.rsplit(".", 1)[0]
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise UserError(f"--runner={runner} cannot be imported ({exc}); install the runner's extra or check the name") from None
+    logger = logging.getLogger("apache_beam.options.pipeline_options")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the check below replaces Beam's "Discarding unparseable args" warning
+    try:
+        with_unknown = PipelineOptions(beam_args).get_all_options(retain_unknown_options=True)
+        known = PipelineOptions(beam_args).get_all_options(retain_unknown_options=False)
+    finally:
+        logger.setLevel(level)
+    unknown = sorted(set(with_unknown) - set(known))
+    if unknown:
+        raise UserError(
+            f"unknown option --{unknown[0]}: it is neither a bertline flag (--input, --output, --config, --overwrite, "
+            f"--section.key) nor an option of Beam's {runner}; check its spelling"
+        )
+    return beam_args
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, PrepareConfig, list[str]]:
@@ -104,9 +150,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, PrepareConfig, list
     parser.add_argument("--overwrite", action="store_true", help="Replace a folder that already holds a completed run.")
     args, beam_args = parser.parse_known_args(rest)
     config = load_config(PrepareConfig, args.config, overrides)
-    if not any(arg.startswith("--runner") for arg in beam_args):
-        beam_args = [f"--runner={DEFAULT_RUNNER}", *beam_args]
-    return args, config, beam_args
+    return args, config, check_beam_flags(beam_args)
 
 
 def read_tokenizer_file(config: PrepareConfig) -> bytes | None:
@@ -134,8 +178,9 @@ def build(pipeline, plan, ranges, given_tokenizer: bytes | None):
 
     from pipeline import tokenizer, transforms
 
-    # (range index, InputRange): one file or byte range of a file
-    inputs = pipeline | "PlanInputs" >> beam.Create(list(enumerate(ranges)), reshuffle=False)
+    # (range index, InputRange): one file or byte range of a file. reshuffle=True spreads the ranges over
+    # workers; without it they share one bundle and the tokenizer's sampling pass reads on one worker.
+    inputs = pipeline | "PlanInputs" >> beam.Create(list(enumerate(ranges)), reshuffle=True)
     if given_tokenizer is None:
         # (tokenizer file name, sha256), once the trained model is in the output folder
         ready = inputs | "TrainSentencePiece" >> transforms.TrainSentencePiece(plan)
@@ -169,8 +214,16 @@ def print_counters(result) -> None:
         print(f"  {name:36s} {totals[name]:>14,}")
 
 
-def run(argv: list[str]) -> dict:
-    """Run the job; returns the manifest written to --output."""
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What a finished job wrote: the output folder and its manifest."""
+
+    output: str
+    manifest: dict
+
+
+def run(argv: list[str]) -> Prepared:
+    """Run the job; returns the output folder and the manifest written there."""
     import apache_beam as beam
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -178,12 +231,16 @@ def run(argv: list[str]) -> dict:
     from pipeline import read, transforms, write
 
     args, config, beam_args = parse_args(argv)
+    if not args.input:
+        log.info("no --input given: using the built-in corpus (CPython's pydoc topics)")
     patterns = args.input or [default_corpus()]
     ranges, described = read.plan_inputs(patterns, config.input.split_bytes)
     given_tokenizer = read_tokenizer_file(config)
     prepare_output(args.output, args.overwrite)
     total_bytes = sum(f["bytes"] for f in described)
-    runner = next(arg.split("=", 1)[1] for arg in beam_args if arg.startswith("--runner="))
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = PipelineOptions(beam_args).view_as(StandardOptions).runner
     plan = transforms.JobPlan(
         config=config,
         output=args.output,
@@ -211,7 +268,7 @@ def run(argv: list[str]) -> dict:
     if not FileSystems.exists(FileSystems.join(args.output, write.COMPLETED)):
         raise UserError(f"the job finished but {args.output} has no COMPLETED marker; the runner dropped the final step (see docs/runners.md)")
     with FileSystems.open(FileSystems.join(args.output, write.MANIFEST)) as handle:
-        return json.loads(handle.read())
+        return Prepared(args.output, json.loads(handle.read()))
 
 
 def summary(output: str, manifest: dict) -> str:
@@ -246,16 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         handler.addFilter(_HideUserErrorTracebacks())
     log.setLevel(logging.INFO)
     try:
-        manifest = run(argv)
+        prepared = run(argv)
     except Exception as exc:
         sentence = find_user_error(exc)
         if sentence is None:
             raise
         print(f"bertline prepare: error: {sentence}", file=sys.stderr)
         return 2
-    output = next(argv[i + 1] for i, arg in enumerate(argv) if arg == "--output") if "--output" in argv else \
-        next(arg.split("=", 1)[1] for arg in argv if arg.startswith("--output="))
-    print(summary(output, manifest))
+    print(summary(prepared.output, prepared.manifest))
     return 0
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bertline.config import Section
 
@@ -19,6 +20,21 @@ class InputConfig(Section):
         8 << 20, ge=1 << 16,
         description="Uncompressed .txt/.jsonl files larger than this are read as several byte ranges in parallel.",
     )
+    max_document_chars: int = Field(
+        1 << 24, ge=1 << 10,
+        description="A document longer than this (e.g. a .txt file without blank lines) is cut into parts at line boundaries, counted as documents_split.",
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _line_oriented_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r}") from None
+        if "\n".encode(value) != b"\n":
+            raise ValueError(f"{value} is not ASCII-compatible (lines are split on the byte \\n); convert the input to UTF-8")
+        return value
 
 
 class NormalizeConfig(Section):

@@ -100,8 +100,14 @@ def _lines(input_range: InputRange, stream) -> Iterator[tuple[int, bytes]]:
     offset = 0
     if input_range.start > 0:
         stream.seek(input_range.start - 1)
-        # The rest of the line holding byte start-1 belongs to the previous range.
-        offset = input_range.start - 1 + len(stream.readline())
+        # The rest of the line holding byte start-1 belongs to the previous range; skip it in bounded
+        # pieces so a huge line costs no memory here.
+        offset = input_range.start - 1
+        while True:
+            piece = stream.readline(1 << 20)
+            offset += len(piece)
+            if not piece or piece.endswith(b"\n"):
+                break
     try:
         for raw in iter(stream.readline, b""):
             yield offset, raw
@@ -117,31 +123,39 @@ def _decode(raw: bytes, encoding: str) -> str:
     return raw.decode(encoding, errors="replace").rstrip("\r\n")
 
 
-def _txt_documents(input_range: InputRange, stream, encoding: str) -> Iterator[Document]:
+def _txt_documents(input_range: InputRange, stream, encoding: str, max_chars: int, on_split) -> Iterator[Document]:
     """Documents of a BERT-format text range.
 
     Ownership rule between ranges: a document belongs to the range holding the start of the blank line
     just before it (the file's first document to the range at 0). A range therefore skips lines until its
     first blank line, and stops at the first blank line at or past its end; no document is read twice or lost.
+    A document that grows past `max_chars` is handed on in parts, each keyed by its first line's offset,
+    so a file without blank lines never sits in memory whole.
     """
     end = input_range.end
     owned = input_range.start == 0
     lines: list[str] = []
+    chars = 0
     first_offset = 0
     for offset, raw in _lines(input_range, stream):
         text = _decode(raw, encoding)
         if not text.strip():
             if lines:
                 yield Document(f"{input_range.file_index}:{first_offset}", lines)
-                lines = []
+                lines, chars = [], 0
             if end is not None and offset >= end:
                 return
             owned = True
             continue
         if owned:
+            if lines and chars + len(text) > max_chars:
+                on_split()
+                yield Document(f"{input_range.file_index}:{first_offset}", lines)
+                lines, chars = [], 0
             if not lines:
                 first_offset = offset
             lines.append(text)
+            chars += len(text)
     if lines:
         yield Document(f"{input_range.file_index}:{first_offset}", lines)
 
@@ -166,7 +180,8 @@ def _jsonl_documents(input_range: InputRange, stream, encoding: str, field: str,
         yield Document(f"{input_range.file_index}:{offset}", value.split("\n"))
 
 
-def _parquet_documents(input_range: InputRange, stream, column: str) -> Iterator[Document]:
+def _parquet_documents(input_range: InputRange, stream, column: str, encoding: str) -> Iterator[Document]:
+    """One document per row; null rows become empty documents (counted), binary text is decoded."""
     import pyarrow
     import pyarrow.parquet
 
@@ -174,28 +189,61 @@ def _parquet_documents(input_range: InputRange, stream, column: str) -> Iterator
         parquet = pyarrow.parquet.ParquetFile(stream)
     except (pyarrow.ArrowException, OSError) as exc:
         raise UserError(f"input file {input_range.path} is not a readable Parquet file ({exc}); re-create it or remove it from --input") from None
-    if column not in parquet.schema_arrow.names:
+    schema = parquet.schema_arrow
+    if column not in schema.names:
         raise UserError(
-            f"input file {input_range.path} has no column {column!r} (it has {', '.join(parquet.schema_arrow.names)}); "
+            f"input file {input_range.path} has no column {column!r} (it has {', '.join(schema.names)}); "
             f"set input.text_column"
+        )
+    kind = schema.field(column).type
+    is_text = pyarrow.types.is_string(kind) or pyarrow.types.is_large_string(kind)
+    is_binary = pyarrow.types.is_binary(kind) or pyarrow.types.is_large_binary(kind)
+    if not (is_text or is_binary):
+        raise UserError(
+            f"column {column!r} of input file {input_range.path} holds {kind}, not text; "
+            f"set input.text_column to a string column"
         )
     row = 0
     for batch in parquet.iter_batches(columns=[column], batch_size=1024):
         for value in batch.column(0).to_pylist():
-            if isinstance(value, str):
-                yield Document(f"{input_range.file_index}:{row}", value.split("\n"))
+            if isinstance(value, bytes):
+                value = value.decode(encoding, errors="replace")
+            yield Document(f"{input_range.file_index}:{row}", value.split("\n") if value is not None else [])
             row += 1
 
 
-def read_documents(input_range: InputRange, encoding: str, text_field: str, text_column: str, on_bad_line) -> Iterator[Document]:
-    """Every document of one range, streamed. `on_bad_line(message)` is told of each skipped JSON line."""
+def _parts(documents: Iterator[Document], max_chars: int, on_split) -> Iterator[Document]:
+    """Cut documents longer than max_chars into parts at line boundaries (JSON and Parquet documents
+    arrive whole; this bounds what later steps hold)."""
+    for document in documents:
+        if sum(len(line) for line in document.lines) <= max_chars:
+            yield document
+            continue
+        part: list[str] = []
+        chars, index = 0, 0
+        for line in document.lines:
+            if part and chars + len(line) > max_chars:
+                on_split()
+                yield Document(f"{document.key}+{index}", part)
+                part, chars, index = [], 0, index + 1
+            part.append(line)
+            chars += len(line)
+        yield Document(f"{document.key}+{index}", part)
+
+
+def read_documents(
+    input_range: InputRange, encoding: str, text_field: str, text_column: str, on_bad_line,
+    max_document_chars: int = 1 << 24, on_split=lambda: None,
+) -> Iterator[Document]:
+    """Every document of one range, streamed. `on_bad_line(message)` is told of each skipped JSON line and
+    `on_split()` of each document cut at max_document_chars."""
     with _open(input_range) as raw, (
         # Python's gzip raises EOFError on a truncated stream; Beam's own decompressor ends quietly instead.
         gzip.GzipFile(fileobj=raw, mode="rb") if input_range.compressed else contextlib.nullcontext(raw)
     ) as stream:
         if input_range.format == "txt":
-            yield from _txt_documents(input_range, stream, encoding)
+            yield from _txt_documents(input_range, stream, encoding, max_document_chars, on_split)
         elif input_range.format == "jsonl":
-            yield from _jsonl_documents(input_range, stream, encoding, text_field, on_bad_line)
+            yield from _parts(_jsonl_documents(input_range, stream, encoding, text_field, on_bad_line), max_document_chars, on_split)
         else:
-            yield from _parquet_documents(input_range, stream, text_column)
+            yield from _parts(_parquet_documents(input_range, stream, text_column, encoding), max_document_chars, on_split)

@@ -23,3 +23,12 @@ def unit_interval(*parts: object) -> float:
 def rng_for(*parts: object) -> random.Random:
     """A private random.Random seeded from the parts; scalar draws are ~20× cheaper than numpy's here."""
     return random.Random(stable_hash(*parts))
+
+
+def is_held_out(seed: int, text: str, fraction: float) -> bool:
+    """Does a document with this text go to the validation split?
+
+    Decided by a hash of the text, not of where the document sits: adding, removing or editing other files
+    cannot move a document between splits, and exact duplicates always share a split (no leak).
+    """
+    return unit_interval(seed, "split", text) < fraction

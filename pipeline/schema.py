@@ -43,7 +43,10 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def _load_npy(data: bytes, name: str) -> np.ndarray:
-    return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+    try:
+        return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:  # truncated, not .npy, or an object array (which would need pickle)
+        raise ValueError(f"member {name} is not a plain .npy array ({exc})") from None
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:

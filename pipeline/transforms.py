@@ -1,7 +1,7 @@
 """The Beam side of the pipeline: thin DoFns around the pure functions, grouped into composite transforms.
 
-Everything here is built from Create, ParDo, GroupByKey and Flatten alone, the subset that Beam's
-DaskRunner translates faithfully (docs/runners.md). In particular there are no side inputs: the DaskRunner
+Everything here is built from Create, ParDo, GroupByKey and Flatten, the subset that Beam's DaskRunner
+translates faithfully (docs/runners.md), plus one CombinePerKey (Top), which it expands into those. In particular there are no side inputs: the DaskRunner
 evaluates a side input inside every task that reads it, and duplicates its elements when it has several
 partitions. Data that a step needs from another branch is joined instead: both are keyed alike, flattened
 and grouped. No ReadFromText, no tagged outputs, no finish_bundle outputs, no fileio sinks; shards and the
@@ -62,7 +62,8 @@ class DocumentReader:
         self.bad_json = _counter("jsonl_lines_skipped")
         self.empty = _counter("documents_empty")
         self.nul = _counter("nul_characters_removed")
-        self.replaced = _counter("undecodable_bytes_replaced")
+        self.replaced = _counter("replacement_characters")
+        self.split = _counter("documents_split")
         self.sentence_count = _counter("sentences")
 
     def _bad_line(self, message: str) -> None:
@@ -84,7 +85,11 @@ class DocumentReader:
 
     def documents_of(self, input_range: read.InputRange):
         cfg, normalize = self.plan.config.input, self.plan.config.normalize
-        for document in read.read_documents(input_range, cfg.encoding, cfg.text_field, cfg.text_column, self._bad_line):
+        documents = read.read_documents(
+            input_range, cfg.encoding, cfg.text_field, cfg.text_column, self._bad_line,
+            max_document_chars=cfg.max_document_chars, on_split=self.split.inc,
+        )
+        for document in documents:
             chars = sum(len(line) for line in document.lines)
             self.documents.inc()
             self.chars.inc(chars)
@@ -119,14 +124,18 @@ class ReadSentencesFn(beam.DoFn):
 class SampleSentencesFn(beam.DoFn):
     """(key, sentences) → (None, (score, sentence)): candidates for the K sentences with the smallest hash.
 
-    Each worker keeps its own K smallest scores so far and emits only sentences that enter that set: a
+    Each bundle keeps its own K smallest scores so far and emits only sentences that enter that set: a
     sentence outside it cannot be among the global K smallest, so the final Top is exact and deterministic
-    while only about K·ln(N/K) sentences per worker leave it.
+    while only about K·ln(N/K) sentences per bundle leave it.
     """
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
         self._largest_kept: list[float] = []  # max-heap of negated scores
+
+    def start_bundle(self):
+        # Per bundle, so a retried bundle cannot meet its own scores in the heap; the Top stays exact.
+        self._largest_kept = []
 
     def process(self, element):
         key, sentences = element
@@ -231,7 +240,7 @@ class TokenizeRangeFn(beam.DoFn):
             lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
             flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
             tokens.inc(len(flat))
-            split = "validation" if rng.unit_interval(seed, "split", key) < fraction else "train"
+            split = "validation" if rng.is_held_out(seed, "\n".join(sentences), fraction) else "train"
             bucket = rng.stable_hash(seed, "bucket", key) % self.plan.num_buckets
             yield (split, bucket), (key, flat, lengths, sha256)
 

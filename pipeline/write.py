@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import re
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -24,6 +27,14 @@ MANIFEST = "manifest.json"
 COMPLETED = "COMPLETED"
 SCRATCH = "_scratch"  # samples between the job's steps; removed before COMPLETED is written
 SPLITS = ("train", "validation")
+
+
+_OUTPUT_NAME = re.compile(r"^((train|validation)-\d{5}\.tar|manifest\.json|COMPLETED|spm\.model|vocab\.txt|_scratch|\.bertline-write-probe)(\.tmp-[0-9a-f]+)?$")
+
+
+def is_output_name(name: str) -> bool:
+    """Is this a file (or temporary file) that `bertline prepare` writes into its output folder?"""
+    return bool(_OUTPUT_NAME.match(name))
 
 
 def samples_per_shard(counts: dict[int, int], num_shards: int) -> int:
@@ -74,8 +85,21 @@ def tar_bytes(batch: SampleBatch, split: str, shard: int, samples_per_record: in
 
 
 def write_atomically(path: str, data: bytes) -> None:
-    """Write to a temporary name beside `path`, then rename: readers never see a partial file."""
+    """Write to a temporary name beside `path`, then rename: readers never see a partial file.
+
+    Locally the data is fsynced before os.replace, so after a crash a file is either whole or absent and
+    COMPLETED (written last) never outlives the shards. Object stores have no rename that replaces, so
+    there the old object is deleted first; their writes are atomic per object anyway.
+    """
     temporary = f"{path}.tmp-{hashlib.sha256(data).hexdigest()[:12]}"
+    if "://" not in path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        return
     with FileSystems.create(temporary) as handle:
         handle.write(data)
     if FileSystems.exists(path):

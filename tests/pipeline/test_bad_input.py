@@ -74,7 +74,7 @@ def test_bad_bytes_nul_whitespace_docs_and_single_sentence_docs_are_counted(tmp_
                              "--output", tmp_path / "out", *SMALL)
     assert code == 0, err
     counters = {l.split()[0]: int(l.split()[1].replace(",", "")) for l in out.splitlines() if l.startswith("  ")}
-    assert counters["undecodable_bytes_replaced"] == 2
+    assert counters["replacement_characters"] == 2
     assert counters["nul_characters_removed"] == 1
     assert counters["single_sentence_documents"] >= 1
     assert counters["documents_empty"] == 1
@@ -151,3 +151,44 @@ def test_completed_folder_without_overwrite(tmp_path, capsys):
     (tmp_path / "out" / "COMPLETED").write_text("")
     code, _, err = prepare(capsys, "--input", _corpus(tmp_path), "--output", tmp_path / "out")
     assert code == 2 and "already holds a completed run" in _one_sentence(err)
+
+
+def test_a_mistyped_flag_is_refused_not_ignored(tmp_path, capsys):
+    code, _, err = prepare(capsys, "--inputs", _corpus(tmp_path), "--output", tmp_path / "out")
+    assert code == 2 and "unknown option --inputs" in _one_sentence(err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_runner_given_with_a_space_is_understood(tmp_path, capsys):
+    code, out, err = prepare(capsys, "--input", _corpus(tmp_path), "--output", tmp_path / "out", *SMALL, "--runner", "FnApiRunner")
+    assert code == 0, err
+
+
+def test_unknown_runner_module_is_one_sentence(tmp_path, capsys):
+    code, _, err = prepare(capsys, "--input", _corpus(tmp_path), "--output", tmp_path / "out", "--runner=no.such.Runner")
+    assert code == 2 and "--runner=no.such.Runner cannot be imported" in _one_sentence(err)
+
+
+def test_a_folder_with_other_files_is_never_cleared(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "my_backup.tar").write_bytes(b"precious")
+    (out / "vocab.txt").write_text("[PAD]\n")
+    code, _, err = prepare(capsys, "--input", _corpus(tmp_path), "--output", out, *SMALL, "--overwrite")
+    assert code == 2 and "holds files bertline did not write (my_backup.tar)" in _one_sentence(err)
+    assert (out / "my_backup.tar").read_bytes() == b"precious" and (out / "vocab.txt").exists()
+
+
+def test_a_folder_left_by_a_failed_run_is_reused(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "_scratch").mkdir(parents=True)
+    (out / "_scratch" / "train-bucket-000000.spill").write_bytes(b"old")
+    (out / "train-00007.tar").write_bytes(b"old")
+    code, _, err = prepare(capsys, "--input", _corpus(tmp_path), "--output", out, *SMALL)
+    assert code == 0, err
+    assert not (out / "_scratch").exists() and not (out / "train-00007.tar").exists()
+
+
+def test_override_value_that_is_not_yaml(tmp_path, capsys):
+    code, _, err = prepare(capsys, "--input", _corpus(tmp_path), "--output", tmp_path / "out", "--pairs.dupe_factor", "*five")
+    assert code == 2 and "of --pairs.dupe_factor is not a valid" in _one_sentence(err)

@@ -15,7 +15,7 @@ def test_dotted_overrides_are_typed_and_separated_from_beam_flags():
         ["--pairs.dupe_factor", "3", "--runner=FnApiRunner", "--masking.whole_word=true", "--seed", "7", "--input", "x"],
         PrepareConfig,
     )
-    assert overrides == {"pairs.dupe_factor": 3, "masking.whole_word": True, "seed": 7}
+    assert overrides == {"pairs.dupe_factor": "3", "masking.whole_word": "true", "seed": "7"}
     assert rest == ["--runner=FnApiRunner", "--input", "x"]
     config = load_config(PrepareConfig, None, overrides)
     assert config.pairs.dupe_factor == 3 and config.masking.whole_word and config.seed == 7
@@ -31,6 +31,14 @@ def test_bad_config_is_one_sentence_naming_the_key(overrides, fragment):
     with pytest.raises(UserError, match=fragment.replace("(", r"\(")) as caught:
         load_config(PrepareConfig, None, overrides)
     assert "\n" not in str(caught.value)
+
+
+def test_string_fields_keep_the_text_and_bad_values_are_one_sentence():
+    overrides, _ = parse_overrides(["--tokenizer.path", "2024", "--input.text_field=@body"], PrepareConfig)
+    config = load_config(PrepareConfig, None, overrides)
+    assert config.tokenizer.path == "2024" and config.input.text_field == "@body"
+    with pytest.raises(UserError, match=r"the value '\*x' of --pairs.dupe_factor is not a valid"):
+        load_config(PrepareConfig, None, {"pairs.dupe_factor": "*x"})
 
 
 def test_missing_and_malformed_config_files(tmp_path):

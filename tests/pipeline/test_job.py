@@ -161,3 +161,4 @@ def test_jsonl_gzip_and_parquet_inputs_together(tmp_path, capsys):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [Path(i["path"]).name for i in manifest["inputs"]] == ["a.jsonl.gz", "b.parquet", "c.txt"]
     assert "documents_read" in out
+

@@ -146,3 +146,13 @@ def test_truncate_pair_matches_the_token_by_token_reference():
         truncate_pair(*ours, limit, random.Random(seed))
         reference(*theirs, limit, random.Random(seed))
         assert ours == theirs
+
+
+def test_held_out_split_depends_on_the_text_only():
+    from pipeline.rng import is_held_out
+
+    texts = [f"Document number {i} says something." for i in range(4000)]
+    share = sum(is_held_out(1, t, 0.1) for t in texts) / len(texts)
+    assert 0.08 < share < 0.12
+    assert [is_held_out(1, t, 0.1) for t in texts] == [is_held_out(1, t, 0.1) for t in texts]
+    assert not any(is_held_out(1, t, 0.0) for t in texts)

@@ -76,7 +76,7 @@ def test_gzip_and_parquet(tmp_path):
         handle.write("Gz one.\nGz two.\n\nGz doc two.\n")
     pyarrow.parquet.write_table(pyarrow.table({"text": ["P one.\nP two.", None, "P three."], "id": [1, 2, 3]}), tmp_path / "p.parquet")
     _, docs = _read_all([tmp_path / "*.gz", tmp_path / "*.parquet"])
-    assert [d.lines for d in docs] == [["Gz one.", "Gz two."], ["Gz doc two."], ["P one.", "P two."], ["P three."]]
+    assert [d.lines for d in docs] == [["Gz one.", "Gz two."], ["Gz doc two."], ["P one.", "P two."], [], ["P three."]]
 
 
 def test_truncated_gzip_names_the_file(tmp_path):
@@ -118,3 +118,41 @@ def test_a_directory_named_like_a_file_is_one_sentence(tmp_path):
     (tmp_path / "dir.txt").mkdir()
     with pytest.raises(UserError, match=r"cannot open input file .*dir\.txt"):
         list(read_documents(InputRange(0, str(tmp_path / "dir.txt"), "txt", False, 0, None), "utf-8", "text", "text", print))
+
+
+def test_a_file_without_blank_lines_is_cut_into_parts(tmp_path):
+    lines = [f"Line number {i} of a file that never has a blank line." for i in range(2000)]
+    path = tmp_path / "one.txt"
+    path.write_text("\n".join(lines) + "\n")
+    ranges, _ = plan_inputs([str(path)], 1 << 30)
+    splits = []
+    docs = list(read_documents(ranges[0], "utf-8", "text", "text", print, max_document_chars=10_000, on_split=lambda: splits.append(1)))
+    assert [line for d in docs for line in d.lines] == lines
+    assert all(sum(map(len, d.lines)) <= 10_000 for d in docs) and len(splits) == len(docs) - 1 > 5
+
+
+def test_one_huge_line_is_skipped_in_pieces_by_later_ranges(tmp_path):
+    path = tmp_path / "line.txt"
+    path.write_bytes(b"Start doc.\n\n" + b"x" * 3_000_000 + b"\n\nLast doc.\n")
+    _, whole = _read_all([path])
+    _, pieces = _read_all([path], split_bytes=1 << 20)
+    assert [d.lines for d in pieces] == [d.lines for d in whole]
+    assert [len(d.lines[0]) for d in whole] == [10, 3_000_000, 9]
+
+
+def test_parquet_binary_text_nulls_and_non_text_columns(tmp_path):
+    pyarrow.parquet.write_table(pyarrow.table({"text": pyarrow.array([b"Bytes one.", None], pyarrow.binary())}), tmp_path / "b.parquet")
+    _, docs = _read_all([tmp_path / "b.parquet"])
+    assert [d.lines for d in docs] == [["Bytes one."], []]
+    pyarrow.parquet.write_table(pyarrow.table({"text": [1, 2]}), tmp_path / "n.parquet")
+    with pytest.raises(UserError, match=r"column 'text' of input file .*n\.parquet holds int64, not text"):
+        _read_all([tmp_path / "n.parquet"])
+
+
+@pytest.mark.parametrize("encoding,message", [("utf-16", "not ASCII-compatible"), ("klingon", "unknown text encoding")])
+def test_unusable_encodings_are_refused_by_the_config(encoding, message):
+    from bertline.config import load_config
+    from pipeline.config import PrepareConfig
+
+    with pytest.raises(UserError, match=message):
+        load_config(PrepareConfig, None, {"input.encoding": encoding})
