@@ -130,7 +130,7 @@ def test_chinese_text_with_whole_word_masking(corpora, tmp_path, capsys):
     code, out, err = prepare(
         capsys, "--input", source, "--output", tmp_path / "out", "--config", config,
         "--tokenizer.vocab_size", "5000", "--pairs.dupe_factor", "1", "--output.num_shards", "2",
-        "--output.validation_fraction", "0.1",
+        "--output.validation_fraction", "0.25",
     )
     assert code == 0, err
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
