@@ -14,6 +14,7 @@ import dataclasses
 import heapq
 import itertools
 import logging
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -26,6 +27,40 @@ from pipeline.config import PrepareConfig
 
 NAMESPACE = "bertline"
 log = logging.getLogger("bertline.pipeline")
+
+
+class Tagged(NamedTuple):
+    """One side of a join: records of different kinds keyed alike, flattened and grouped together."""
+
+    kind: str  # "range" | "tokenizer" | "plan" | "samples"
+    value: Any
+
+
+class TokenizedDoc(NamedTuple):
+    """A document on its way to its bucket: ids of all sentences back to back, and each sentence's length."""
+
+    key: str
+    flat: np.ndarray
+    lengths: np.ndarray
+    tokenizer_sha256: str
+
+
+class PlanRecord(NamedTuple):
+    """A provisional shard's balance plan, with the split's total for the manifest."""
+
+    plan: write.ShardPlan
+    split_total: int
+
+
+class PlannedPart(NamedTuple):
+    """Samples on their way to a final shard, with the split's total for the manifest."""
+
+    ref: write.SpillRef
+    split_total: int
+
+
+def _only(records: list[Tagged], kind: str):
+    return next((record.value for record in records if record.kind == kind), None)
 
 
 def _counter(name: str):
@@ -201,7 +236,7 @@ class BroadcastTokenizerFn(beam.DoFn):
     def process(self, element):
         _, sha256 = element
         for index in range(self.num_ranges):
-            yield index, ("tokenizer", sha256)
+            yield index, Tagged("tokenizer", sha256)
 
 
 class TokenizeRangeFn(beam.DoFn):
@@ -210,7 +245,7 @@ class TokenizeRangeFn(beam.DoFn):
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
-        self._tokenizer: tuple[str, tokenizer.Tokenizer] | None = None
+        self._tokenizers: dict[str, tokenizer.Tokenizer] = {}  # by file sha256; one entry in practice
 
     def setup(self):
         self.reader = DocumentReader(self.plan, show_progress=True)
@@ -221,17 +256,16 @@ class TokenizeRangeFn(beam.DoFn):
     def process(self, element):
         _, records = element
         records = list(records)
-        input_range = next(r[1] for r in records if r[0] == "range")
-        sha256 = next((r[1] for r in records if r[0] == "tokenizer"), None)
+        input_range, sha256 = _only(records, "range"), _only(records, "tokenizer")
         if sha256 is None:
             # No tokenizer was trained because no sentence was sampled: the whole input is empty, and the
             # manifest step says so. A range that does hold text means the runner lost the join.
             if next(iter(self.reader.documents_of(input_range)), None) is not None:
                 raise UserError(f"input range {input_range.path}@{input_range.start} arrived without its tokenizer; the runner lost the join (see docs/runners.md)")
             return
-        if self._tokenizer is None or self._tokenizer[0] != sha256:
-            self._tokenizer = (sha256, load_output_tokenizer(self.plan, sha256))
-        tok = self._tokenizer[1]
+        if sha256 not in self._tokenizers:
+            self._tokenizers[sha256] = load_output_tokenizer(self.plan, sha256)
+        tok = self._tokenizers[sha256]
         dtype = schema.token_dtype(tok.vocab_size)
         seed, fraction = self.plan.config.seed, self.plan.config.output.validation_fraction
         tokens = _counter("tokens")
@@ -242,7 +276,7 @@ class TokenizeRangeFn(beam.DoFn):
             tokens.inc(len(flat))
             split = "validation" if rng.is_held_out(seed, "\n".join(sentences), fraction) else "train"
             bucket = rng.stable_hash(seed, "bucket", key) % self.plan.num_buckets
-            yield (split, bucket), (key, flat, lengths, sha256)
+            yield (split, bucket), TokenizedDoc(key, flat, lengths, sha256)
 
 
 def _masking_spec(config: PrepareConfig, tok: tokenizer.Tokenizer) -> masking.MaskingSpec:
@@ -317,25 +351,27 @@ class CreateSamplesFn(beam.DoFn):
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
-        self._tokenizer: tuple[str, tokenizer.Tokenizer, list[bool]] | None = None
+        self._tokenizers: dict[str, tokenizer.Tokenizer] = {}  # by file sha256; one entry in practice
+        self._word_starts: dict[str, list[bool]] = {}
 
     def process(self, element):
         (split, bucket), documents = element
-        documents = sorted(documents, key=lambda d: d[0])
-        sha256 = documents[0][3]
-        if self._tokenizer is None or self._tokenizer[0] != sha256:
-            tok = load_output_tokenizer(self.plan, sha256)
-            self._tokenizer = (sha256, tok, tok.word_starts())
-        _, tok, word_starts = self._tokenizer
+        documents = sorted(documents, key=lambda document: document.key)
+        sha256 = documents[0].tokenizer_sha256
+        if sha256 not in self._tokenizers:
+            self._tokenizers[sha256] = load_output_tokenizer(self.plan, sha256)
+            self._word_starts[sha256] = self._tokenizers[sha256].word_starts()
+        tok, word_starts = self._tokenizers[sha256], self._word_starts[sha256]
         cfg = self.plan.config
         spec = _masking_spec(cfg, tok)
-        bucket_documents = [TokenizedDocument(flat, lengths) for _, flat, lengths, _ in documents]
+        bucket_documents = [TokenizedDocument(document.flat, document.lengths) for document in documents]
         shards = num_shards(cfg, split)
         accumulator = _ShardAccumulator(schema.token_dtype(tok.vocab_size))
         cls_id, sep_id = tok.special_ids["[CLS]"], tok.special_ids["[SEP]"]
         starts_table = word_starts if cfg.masking.whole_word else None
-        for index, (key, _, lengths, _) in enumerate(documents):
-            if int((lengths > 0).sum()) < 2:
+        for index, document in enumerate(documents):
+            key = document.key
+            if int((document.lengths > 0).sum()) < 2:
                 _counter("single_sentence_documents").inc()
             # The document being paired is read on every pass: convert it once, put it back afterwards.
             compact = bucket_documents[index]
@@ -363,7 +399,7 @@ class CreateSamplesFn(beam.DoFn):
         _counter(f"{split}_samples_created").inc(sum(len(b) for b in by_shard.values()))
         name = f"{split}-bucket-{bucket:06d}.spill"
         for shard, ref in zip(by_shard, write.spill(self.plan.output, name, list(by_shard.values()))):
-            yield (split, shard), ("samples", ref)
+            yield (split, shard), Tagged("samples", ref)
 
 
 class PlanBalanceFn(beam.DoFn):
@@ -382,7 +418,7 @@ class PlanBalanceFn(beam.DoFn):
             setting = "output.num_shards" if split == "train" else "output.validation_shards"
             raise UserError(f"the {split} split has only {total} samples, fewer than its {shards} shards; lower {setting} or give more input")
         for shard, shard_plan in write.balance_plan(counts, shards).items():
-            yield (split, shard), ("plan", {**shard_plan, "split_total": total})
+            yield (split, shard), Tagged("plan", PlanRecord(shard_plan, total))
 
 
 class RebalanceFn(beam.DoFn):
@@ -395,22 +431,21 @@ class RebalanceFn(beam.DoFn):
     def process(self, element):
         (split, shard), records = element
         records = list(records)
-        plan = next(r[1] for r in records if r[0] == "plan")
-        refs = sorted((r[1] for r in records if r[0] == "samples"), key=lambda ref: (ref["path"], ref["offset"]))
+        plan, total = _only(records, "plan")
+        refs = sorted((r.value for r in records if r.kind == "samples"), key=lambda ref: (ref.path, ref.offset))
         if not refs:
             return
         batch = schema.SampleBatch.concat([write.unspill(self.plan.output, ref) for ref in refs]).sorted_by_key()
-        pieces, destinations = [], []
-        start = 0
-        for destination, count in ([[shard, plan["keep"]]] if plan["keep"] else []) + plan["moves"]:
-            pieces.append(batch.take(np.arange(start, start + count)))
-            destinations.append(destination)
-            start += count
-        if plan["dropped"]:
-            _counter(f"{split}_samples_dropped_remainder").inc(plan["dropped"])
-        total = plan["split_total"]
-        for destination, ref in zip(destinations, write.spill(self.plan.output, f"{split}-provisional-{shard:05d}.spill", pieces)):
-            yield (split, destination), (ref, total)
+        moves = ([write.Move(shard, plan.keep)] if plan.keep else []) + list(plan.moves)
+        pieces, start = [], 0
+        for move in moves:
+            pieces.append(batch.take(np.arange(start, start + move.count)))
+            start += move.count
+        if plan.dropped:
+            _counter(f"{split}_samples_dropped_remainder").inc(plan.dropped)
+        spilled = write.spill(self.plan.output, f"{split}-provisional-{shard:05d}.spill", pieces)
+        for move, ref in zip(moves, spilled):
+            yield (split, move.destination), PlannedPart(ref, total)
 
 
 class WriteShardFn(beam.DoFn):
@@ -421,12 +456,12 @@ class WriteShardFn(beam.DoFn):
 
     def process(self, element):
         (split, shard), parts = element
-        parts = sorted(parts, key=lambda part: (part[0]["path"], part[0]["offset"]))
-        batch = schema.SampleBatch.concat([write.unspill(self.plan.output, ref) for ref, _ in parts])
+        parts = sorted(parts, key=lambda part: (part.ref.path, part.ref.offset))
+        batch = schema.SampleBatch.concat([write.unspill(self.plan.output, part.ref) for part in parts])
         info = write.write_shard(self.plan.output, split, shard, batch, self.plan.config.output.samples_per_record)
         _counter("shards_written").inc()
         _counter("shard_bytes").inc(info["bytes"])
-        yield None, {**info, "split_total": parts[0][1]}
+        yield None, {**info, "split_total": parts[0].split_total}
 
 
 class WriteManifestFn(beam.DoFn):
@@ -485,7 +520,7 @@ class TrainSentencePiece(beam.PTransform):
     def expand(self, ranges):
         return (
             ranges
-            | "DropIndex" >> beam.Map(lambda kv: kv[1])
+            | "DropIndex" >> beam.MapTuple(lambda _, input_range: input_range)
             | "ReadSentences" >> beam.ParDo(ReadSentencesFn(self.plan))
             # (key, [sentence])
             | "SampleSentences" >> beam.ParDo(SampleSentencesFn(self.plan))
@@ -506,7 +541,7 @@ class MakeSamples(beam.PTransform):
         self.num_ranges = num_ranges
 
     def expand(self, ranges):
-        tagged = ranges | "TagRanges" >> beam.Map(lambda kv: (kv[0], ("range", kv[1])))
+        tagged = ranges | "TagRanges" >> beam.MapTuple(lambda index, input_range: (index, Tagged("range", input_range)))
         # (range index, ("range", InputRange))
         copies = self.tokenizer_ready | "BroadcastTokenizer" >> beam.ParDo(BroadcastTokenizerFn(self.plan, self.num_ranges))
         # (range index, ("tokenizer", sha256)) for every range
@@ -532,7 +567,7 @@ class WriteShards(beam.PTransform):
     def expand(self, refs):
         plans = (
             refs
-            | "CountSamples" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1][1]["count"])))
+            | "CountSamples" >> beam.MapTuple(lambda split_shard, tagged: (split_shard[0], (split_shard[1], tagged.value.count)))
             # (split, (provisional shard, samples))
             | "GroupCounts" >> beam.GroupByKey()
             | "PlanBalance" >> beam.ParDo(PlanBalanceFn(self.plan))

@@ -8,6 +8,7 @@ total - shards × n excess samples (fewer than the shard count) are dropped and 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -42,12 +43,37 @@ def samples_per_shard(counts: dict[int, int], num_shards: int) -> int:
     return sum(counts.values()) // num_shards
 
 
-def balance_plan(counts: dict[int, int], num_shards: int) -> dict[int, dict]:
+@dataclasses.dataclass(frozen=True)
+class Move:
+    """`count` samples go to shard `destination`."""
+
+    destination: int
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    """What a provisional shard does with its samples, in key order: keep the first `keep`, pass the next
+    ones on as `moves` (in order), and drop the last `dropped` (the split's remainder)."""
+
+    keep: int
+    moves: tuple[Move, ...]
+    dropped: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SpillRef:
+    """Where a batch of spilled samples lies: scratch file name, byte offset, sample count."""
+
+    path: str
+    offset: int
+    count: int
+
+
+def balance_plan(counts: dict[int, int], num_shards: int) -> dict[int, ShardPlan]:
     """For every provisional shard: how many of its samples (in key order) it keeps, and where the rest go.
 
-    `counts` maps provisional shard → samples it received (missing shards received none). Each plan is
-    {"keep": k, "moves": [[destination, count], …], "dropped": d}: the samples after the first k go, in
-    order, `count` at a time to each destination; the last d are the dropped remainder.
+    `counts` maps provisional shard → samples it received (missing shards received none).
     """
     n = samples_per_shard(counts, num_shards)
     excess = [max(0, counts.get(s, 0) - n) for s in range(num_shards)]
@@ -56,17 +82,17 @@ def balance_plan(counts: dict[int, int], num_shards: int) -> dict[int, dict]:
     plans: dict[int, dict] = {}
     run, used = 0, 0  # position in `deficits`, and slots of that run already filled
     for shard in range(num_shards):
-        moves: list[list[int]] = []
+        moves: list[Move] = []
         left = excess[shard]
         while left and run < len(deficits):
             destination, lacking = deficits[run]
             take = min(left, lacking - used)
-            moves.append([destination, take])
+            moves.append(Move(destination, take))
             left -= take
             used += take
             if used == lacking:
                 run, used = run + 1, 0
-        plans[shard] = {"keep": min(counts.get(shard, 0), n), "moves": moves, "dropped": left}
+        plans[shard] = ShardPlan(keep=min(counts.get(shard, 0), n), moves=tuple(moves), dropped=left)
     return plans
 
 
@@ -126,7 +152,7 @@ def write_shard(output: str, split: str, shard: int, batch: SampleBatch, samples
     }
 
 
-def spill(output: str, name: str, batches: list[SampleBatch]) -> list[dict]:
+def spill(output: str, name: str, batches: list[SampleBatch]) -> list[SpillRef]:
     """Write batches back to back into one scratch file; returns a small reference to each.
 
     Samples travel between the job's grouping steps through these files, so the runner shuffles only the
@@ -136,7 +162,7 @@ def spill(output: str, name: str, batches: list[SampleBatch]) -> list[dict]:
     buffer = io.BytesIO()
     refs = []
     for batch in batches:
-        refs.append({"path": name, "offset": buffer.tell(), "count": len(batch)})
+        refs.append(SpillRef(name, buffer.tell(), len(batch)))
         np.save(buffer, batch.keys, allow_pickle=False)
         for array in (batch.samples, batch.tokens, batch.masked_lm_positions, batch.masked_input_ids):
             np.save(buffer, array, allow_pickle=False)
@@ -144,14 +170,14 @@ def spill(output: str, name: str, batches: list[SampleBatch]) -> list[dict]:
     return refs
 
 
-def unspill(output: str, ref: dict) -> SampleBatch:
+def unspill(output: str, ref: SpillRef) -> SampleBatch:
     """Read back the segment a spill reference points at."""
-    with FileSystems.open(FileSystems.join(output, SCRATCH, ref["path"])) as handle:
-        handle.seek(ref["offset"])
+    with FileSystems.open(FileSystems.join(output, SCRATCH, ref.path)) as handle:
+        handle.seek(ref.offset)
         arrays = [np.lib.format.read_array(handle, allow_pickle=False) for _ in range(5)]
     batch = SampleBatch(*arrays)
-    if len(batch) != ref["count"]:
-        raise RuntimeError(f"scratch file {ref['path']} holds {len(batch)} samples at {ref['offset']}, expected {ref['count']}")
+    if len(batch) != ref.count:
+        raise RuntimeError(f"scratch file {ref.path} holds {len(batch)} samples at {ref.offset}, expected {ref.count}")
     return batch
 
 

@@ -62,13 +62,13 @@ def test_token_dtype_grows_with_the_vocabulary():
 def test_rebalancing_gives_every_shard_exactly_n(counts, num_shards):
     n = samples_per_shard(counts, num_shards)
     plans = balance_plan(counts, num_shards)
-    final = {s: plans[s]["keep"] for s in range(num_shards)}
+    final = {s: plans[s].keep for s in range(num_shards)}
     dropped = 0
     for shard, plan in plans.items():
-        assert plan["keep"] + sum(c for _, c in plan["moves"]) + plan["dropped"] == counts.get(shard, 0)
-        for destination, count in plan["moves"]:
-            final[destination] += count
-        dropped += plan["dropped"]
+        assert plan.keep + sum(move.count for move in plan.moves) + plan.dropped == counts.get(shard, 0)
+        for move in plan.moves:
+            final[move.destination] += move.count
+        dropped += plan.dropped
     assert set(final.values()) == {n}
     assert dropped == sum(counts.values()) - n * num_shards < num_shards
 
