@@ -2,12 +2,10 @@
 
 import gzip
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_bert_text
 from tests.pipeline.shards import prepare
 
 pytestmark = pytest.mark.slow
