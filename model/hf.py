@@ -1,0 +1,214 @@
+"""HuggingFace interop: our models ⇄ `transformers` BERT folders (config.json + model.safetensors).
+
+`transformers` and `safetensors` are imported inside the functions that need them, so the rest of model/
+depends on torch alone. Parameter names map one to one except our fused query/key/value projection,
+which is split into HF's query, key and value on export and concatenated on import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from model.bert import BertModel
+from model.config import BertConfig
+from model.heads import BertForPreTraining
+
+log = logging.getLogger("bertline.model")
+
+_EMBEDDINGS = {
+    "embeddings.word_embeddings.weight": "embeddings.word_embeddings.weight",
+    "embeddings.position_embeddings.weight": "embeddings.position_embeddings.weight",
+    "embeddings.token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
+    "embeddings.layer_norm.weight": "embeddings.LayerNorm.weight",
+    "embeddings.layer_norm.bias": "embeddings.LayerNorm.bias",
+    "pooler.weight": "pooler.dense.weight",
+    "pooler.bias": "pooler.dense.bias",
+}
+_LAYER = {
+    "attention_output": "attention.output.dense",
+    "attention_layer_norm": "attention.output.LayerNorm",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+    "output_layer_norm": "output.LayerNorm",
+}
+_HEADS = {
+    "mlm.dense.weight": "cls.predictions.transform.dense.weight",
+    "mlm.dense.bias": "cls.predictions.transform.dense.bias",
+    "mlm.layer_norm.weight": "cls.predictions.transform.LayerNorm.weight",
+    "mlm.layer_norm.bias": "cls.predictions.transform.LayerNorm.bias",
+    "mlm.bias": "cls.predictions.bias",
+    "nsp.weight": "cls.seq_relationship.weight",
+    "nsp.bias": "cls.seq_relationship.bias",
+}
+
+
+def hf_config(config: BertConfig, architecture: str) -> dict:
+    """config.json for transformers.BertConfig (sinusoidal tables are exported as learned embeddings)."""
+    return {
+        "architectures": [architecture],
+        "model_type": "bert",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": config.hidden_dropout_prob,
+        "attention_probs_dropout_prob": config.attention_probs_dropout_prob,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size,
+        "initializer_range": config.initializer_range,
+        "layer_norm_eps": config.layer_norm_eps,
+        "pad_token_id": config.pad_token_id,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+    }
+
+
+def config_from_hf(values: dict, source: str = "config.json") -> BertConfig:
+    if values.get("model_type", "bert") != "bert":
+        raise ValueError(f"{source} describes a {values.get('model_type')!r} model, not BERT")
+    if values.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"{source} uses hidden_act={values.get('hidden_act')!r}; bertline's encoder implements BERT's erf GELU only")
+    if values.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"{source} uses position_embedding_type={values.get('position_embedding_type')!r}; only absolute positions are supported")
+    names = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "max_position_embeddings", "type_vocab_size", "hidden_dropout_prob", "attention_probs_dropout_prob",
+             "layer_norm_eps", "initializer_range", "pad_token_id")
+    return BertConfig(**{name: values[name] for name in names if values.get(name) is not None})
+
+
+def to_hf_state_dict(model: BertForPreTraining | BertModel) -> dict[str, torch.Tensor]:
+    """Our parameters under HuggingFace BertForPreTraining (or BertModel) names."""
+    bert = model.bert if isinstance(model, BertForPreTraining) else model
+    prefix = "bert." if isinstance(model, BertForPreTraining) else ""
+    ours = bert.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for mine, theirs in _EMBEDDINGS.items():
+        if mine == "embeddings.position_embeddings.weight":
+            out[prefix + theirs] = bert.embeddings.position_table().detach().clone()
+        else:
+            out[prefix + theirs] = ours[mine].detach().clone()
+    for i in range(bert.config.num_hidden_layers):
+        query, key, value = ours[f"layers.{i}.qkv.weight"].chunk(3)
+        query_bias, key_bias, value_bias = ours[f"layers.{i}.qkv.bias"].chunk(3)
+        base = f"{prefix}encoder.layer.{i}."
+        for name, weight, bias in (("query", query, query_bias), ("key", key, key_bias), ("value", value, value_bias)):
+            out[f"{base}attention.self.{name}.weight"] = weight.detach().clone()
+            out[f"{base}attention.self.{name}.bias"] = bias.detach().clone()
+        for mine, theirs in _LAYER.items():
+            for kind in ("weight", "bias"):
+                out[f"{base}{theirs}.{kind}"] = ours[f"layers.{i}.{mine}.{kind}"].detach().clone()
+    if isinstance(model, BertForPreTraining):
+        heads = model.state_dict()
+        for mine, theirs in _HEADS.items():
+            out[theirs] = heads[mine].detach().clone()
+        out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"].clone()
+        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
+    return out
+
+
+def _strip(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(encoder tensors without the 'bert.' prefix, head tensors) from an HF state dict of either kind."""
+    encoder, heads = {}, {}
+    for name, tensor in state.items():
+        if name.startswith("cls."):
+            heads[name] = tensor
+        elif name.startswith("bert."):
+            encoder[name[len("bert."):]] = tensor
+        else:
+            encoder[name] = tensor
+    return encoder, heads
+
+
+def _copy(target: torch.Tensor, source: torch.Tensor, name: str, origin: str) -> None:
+    if target.shape != source.shape:
+        raise ValueError(
+            f"{origin}: {name} has shape {tuple(source.shape)} but the model config needs {tuple(target.shape)}; "
+            f"the checkpoint and the config describe different models"
+        )
+    with torch.no_grad():
+        target.copy_(source)
+
+
+def load_hf_state_dict(model: BertForPreTraining | BertModel, state: dict[str, torch.Tensor], origin: str = "checkpoint") -> list[str]:
+    """Copy HF-named tensors into our model; returns the names of our parameters left as initialised."""
+    encoder, heads = _strip(state)
+    bert = model.bert if isinstance(model, BertForPreTraining) else model
+    ours = dict(bert.named_parameters())
+    required = {theirs: mine for mine, theirs in _EMBEDDINGS.items()}
+    if bert.config.position_embedding_type == "sinusoidal":
+        required.pop("embeddings.position_embeddings.weight")
+    for theirs, mine in required.items():
+        if theirs not in encoder:
+            raise ValueError(f"{origin} lacks {theirs}; it is not a BERT checkpoint of this shape")
+        _copy(ours[mine], encoder[theirs], theirs, origin)
+    for i in range(bert.config.num_hidden_layers):
+        base = f"encoder.layer.{i}."
+        try:
+            qkv_weight = torch.cat([encoder[f"{base}attention.self.{n}.weight"] for n in ("query", "key", "value")])
+            qkv_bias = torch.cat([encoder[f"{base}attention.self.{n}.bias"] for n in ("query", "key", "value")])
+            _copy(ours[f"layers.{i}.qkv.weight"], qkv_weight, f"{base}attention.self", origin)
+            _copy(ours[f"layers.{i}.qkv.bias"], qkv_bias, f"{base}attention.self", origin)
+            for mine, theirs in _LAYER.items():
+                for kind in ("weight", "bias"):
+                    _copy(ours[f"layers.{i}.{mine}.{kind}"], encoder[f"{base}{theirs}.{kind}"], f"{base}{theirs}.{kind}", origin)
+        except KeyError as missing:
+            raise ValueError(f"{origin} lacks {missing.args[0]}; it has fewer layers than num_hidden_layers={bert.config.num_hidden_layers}") from None
+    extra_layer = f"encoder.layer.{bert.config.num_hidden_layers}.attention.self.query.weight"
+    if extra_layer in encoder:
+        raise ValueError(f"{origin} has more layers than num_hidden_layers={bert.config.num_hidden_layers}; the config does not match")
+    fresh: list[str] = []
+    if isinstance(model, BertForPreTraining):
+        params = dict(model.named_parameters())
+        for mine, theirs in _HEADS.items():
+            if theirs in heads:
+                _copy(params[mine], heads[theirs], theirs, origin)
+            else:
+                fresh.append(mine)
+    return fresh
+
+
+def save_pretrained(model: BertForPreTraining | BertModel, folder: str | Path, tokenizer_files: tuple[str | Path, ...] = ()) -> Path:
+    """Write config.json, model.safetensors and the tokenizer files so transformers loads the folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    architecture = "BertForPreTraining" if isinstance(model, BertForPreTraining) else "BertModel"
+    (folder / "config.json").write_text(json.dumps(hf_config(model.config, architecture), indent=2) + "\n")
+    state = {name: tensor.contiguous() for name, tensor in to_hf_state_dict(model).items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    for path in tokenizer_files:
+        shutil.copy(path, folder / Path(path).name)
+    return folder
+
+
+def read_state(folder: Path) -> dict[str, torch.Tensor]:
+    if (folder / "model.safetensors").exists():
+        from safetensors.torch import load_file
+
+        return load_file(str(folder / "model.safetensors"))
+    if (folder / "pytorch_model.bin").exists():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise ValueError(f"{folder} has neither model.safetensors nor pytorch_model.bin; pass a HuggingFace BERT folder")
+
+
+def from_pretrained(folder: str | Path, with_heads: bool = True) -> BertForPreTraining | BertModel:
+    """Our model from an HF BERT folder. With heads: a BertForPreTraining; heads missing from the folder
+    (a BertModel checkpoint) are freshly initialised and reported in the log."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise ValueError(f"{folder} has no config.json; pass a HuggingFace BERT folder")
+    config = config_from_hf(json.loads(config_path.read_text()), str(config_path))
+    model: BertForPreTraining | BertModel = BertForPreTraining(config) if with_heads else BertModel(config)
+    fresh = load_hf_state_dict(model, read_state(folder), str(folder))
+    if fresh:
+        log.warning("%s has no pretraining heads; initialised fresh: %s", folder, ", ".join(fresh))
+    return model
