@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast bench-prep bench-prep-quick bench-read clean
+.PHONY: install demo test test-fast bench-prep bench-prep-quick bench-read bench-model clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench-prep-quick: $(STAMP)
 
 bench-read: $(STAMP)
 	$(BIN)/python bench/read_shards.py
+
+bench-model: $(STAMP)
+	$(BIN)/python bench/model.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
