@@ -42,16 +42,17 @@ def train_flops_per_sequence(config: BertConfig) -> float:
     return per_token * SEQ + head
 
 
-def measure(preset: str, batch_size: int, steps: int, peak: float) -> dict:
+def measure(preset: str, batch_size: int, steps: int, peak: float, compile: bool) -> dict:
     torch.manual_seed(0)
     config = BertConfig.preset(preset, VOCAB, hidden_dropout_prob=0.1)
     model = BertForPreTraining(config).cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    forward = torch.compile(model) if compile else model
     data = batch(batch_size, "cuda", torch.Generator().manual_seed(1))
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(*data[:4], data[4], data[5]).loss
+            loss = forward(*data[:4], data[4], data[5]).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -68,8 +69,8 @@ def measure(preset: str, batch_size: int, steps: int, peak: float) -> dict:
     sequences = batch_size / seconds
     tflops = sequences * train_flops_per_sequence(config) / 1e12
     return {
-        "preset": preset, "batch": batch_size, "seconds_per_step": seconds, "sequences_per_s": sequences,
-        "tokens_per_s": sequences * SEQ, "model_tflops": tflops, "mfu": tflops / peak, "final_loss": float(loss),
+        "preset": preset, "compiled": compile, "batch": batch_size, "seconds_per_step": seconds, "sequences_per_s": sequences,
+        "tokens_per_s": sequences * SEQ, "model_tflops": tflops, "mfu": tflops / peak, "final_loss": float(loss.detach()),
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
     }
 
@@ -92,6 +93,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--compile", action="store_true", help="also measure under torch.compile")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench/gpu_encoder.py: skipped, no CUDA device")
@@ -99,10 +101,11 @@ def main() -> int:
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, **parity(), "runs": []}
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}), flush=True)
     torch.backends.cuda.matmul.allow_tf32 = True
-    for preset, size in (("base", 256), ("large", 256)):
-        run = measure(preset, size, args.steps, args.peak_tflops)
-        result["runs"].append(run)
-        print(json.dumps(run), flush=True)
+    for compile in (False, True) if args.compile else (False,):
+        for preset, size in (("base", 256), ("large", 256)):
+            run = measure(preset, size, args.steps, args.peak_tflops, compile)
+            result["runs"].append(run)
+            print(json.dumps(run), flush=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "gpu_encoder.json").write_text(json.dumps(result, indent=2) + "\n")
