@@ -44,6 +44,7 @@ def train_flops_per_sequence(config: BertConfig) -> float:
 
 def measure(preset: str, batch_size: int, steps: int, peak: float, compile: bool) -> dict:
     torch.manual_seed(0)
+    torch.cuda.reset_peak_memory_stats()
     config = BertConfig.preset(preset, VOCAB, hidden_dropout_prob=0.1)
     model = BertForPreTraining(config).cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
