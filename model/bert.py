@@ -135,8 +135,10 @@ class BertModel(nn.Module):
                     f"token id {high if high >= config.vocab_size else low} is outside the vocabulary of {config.vocab_size}; "
                     f"the tokenizer and the model config disagree"
                 )
-        if token_type_ids is not None and token_type_ids.numel() and int(token_type_ids.max()) >= config.type_vocab_size:
-            raise ValueError(f"token_type_ids reach {int(token_type_ids.max())} but type_vocab_size={config.type_vocab_size}")
+        if token_type_ids is not None and token_type_ids.numel():
+            low, high = int(token_type_ids.min()), int(token_type_ids.max())
+            if low < 0 or high >= config.type_vocab_size:
+                raise ValueError(f"token_type_ids span {low}..{high} but type_vocab_size={config.type_vocab_size}")
 
     def forward(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
@@ -172,12 +174,19 @@ def encode_long(
         raise ValueError(
             f"need 0 < stride ({stride}) <= max_length ({max_length}) <= max_position_embeddings ({model.config.max_position_embeddings})"
         )
+    if token_type_ids is not None and token_type_ids.shape != input_ids.shape:
+        raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)} but input_ids has {tuple(input_ids.shape)}")
     length = input_ids.shape[0]
     starts = [0]
     while starts[-1] + max_length < length:
         starts.append(starts[-1] + stride)
+    # The last window ends at the sequence's end, so every window is full and "most central" is a fair
+    # comparison (a short tail window would win tokens for which a full window has more context).
+    starts[-1] = max(0, min(starts[-1], length - max_length))
+    starts = sorted(set(starts))
     types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
-    batch_ids = torch.full((len(starts), max_length), model.config.pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0  # masked out either way
+    batch_ids = torch.full((len(starts), max_length), pad, dtype=input_ids.dtype, device=input_ids.device)
     batch_types = torch.zeros_like(batch_ids)
     mask = torch.zeros_like(batch_ids)
     for row, start in enumerate(starts):

@@ -33,7 +33,7 @@ class BertConfig:
     attention_probs_dropout_prob: float = 0.1
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0  # None: no padding row (HF's pad_token_id null)
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -47,15 +47,17 @@ class BertConfig:
                      "max_position_embeddings", "type_vocab_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id={self.pad_token_id} is outside the vocabulary of {self.vocab_size}")
 
     @classmethod
     def preset(cls, name: str, vocab_size: int, **overrides) -> "BertConfig":
         """A named size (tiny, mini, small, base, large) for a tokenizer's vocabulary."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
-        shape = dict(PRESETS[name])
-        shape["intermediate_size"] = 4 * shape["hidden_size"]
-        return cls(vocab_size=vocab_size, **{**shape, **overrides})
+        values = {**PRESETS[name], **overrides}
+        values.setdefault("intermediate_size", 4 * values["hidden_size"])
+        return cls(vocab_size=vocab_size, **values)
 
     @property
     def head_dim(self) -> int:
@@ -73,5 +75,8 @@ class BertConfig:
         return cls(**values)
 
     def fingerprint(self) -> str:
-        """A stable hash of the shape-defining fields, for checkpoints to refuse a different model."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """A stable hash of the fields that shape the weights, for checkpoints to refuse a different model.
+        Dropout and initialisation are left out: changing them must not orphan a checkpoint."""
+        shape = {k: v for k, v in self.to_dict().items()
+                 if k not in ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range")}
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]

@@ -79,8 +79,10 @@ class BertForPreTraining(nn.Module):
                     f"masked_lm_positions must be (batch, predictions) with batch {input_ids.shape[0]}; "
                     f"got {tuple(masked_lm_positions.shape)}"
                 )
-            if masked_lm_positions.numel() and int(masked_lm_positions.max()) >= input_ids.shape[1]:
-                raise ValueError(f"masked_lm_positions reach {int(masked_lm_positions.max())} in sequences of {input_ids.shape[1]}")
+            if masked_lm_positions.numel() and not torch.compiler.is_compiling():  # host reads: a graph break
+                low, high = int(masked_lm_positions.min()), int(masked_lm_positions.max())
+                if low < 0 or high >= input_ids.shape[1]:
+                    raise ValueError(f"masked_lm_positions span {low}..{high} in sequences of {input_ids.shape[1]}")
             index = masked_lm_positions.long().unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
             gathered = torch.gather(hidden, 1, index)  # (batch, predictions, hidden)
         mlm_logits = self.mlm(gathered, self.bert.embeddings.word_embeddings.weight)
@@ -104,7 +106,7 @@ class BertForPreTraining(nn.Module):
 
 
 class BertForSequenceClassification(nn.Module):
-    """Pooled [CLS] → dropout → linear: one label per sequence."""
+    """Pooled [CLS] → dropout → linear: one label per sequence (or one score, with num_labels=1)."""
 
     def __init__(self, config: BertConfig, num_labels: int, bert: BertModel | None = None):
         super().__init__()
@@ -115,8 +117,13 @@ class BertForSequenceClassification(nn.Module):
         self.bert._init_weights(self.classifier)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> ClassificationOutput:
+        """With num_labels == 1 the head is a regression (mean squared error), as in HuggingFace."""
         logits = self.classifier(self.dropout(self.bert(input_ids, token_type_ids, attention_mask).pooler_output))
-        loss = F.cross_entropy(logits.float(), labels.long()) if labels is not None else None
+        loss = None
+        if labels is not None and logits.shape[-1] == 1:
+            loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        elif labels is not None:
+            loss = F.cross_entropy(logits.float(), labels.long())
         return ClassificationOutput(logits, loss)
 
 

@@ -79,12 +79,20 @@ def config_from_hf(values: dict, source: str = "config.json") -> BertConfig:
         raise ValueError(f"{source} uses position_embedding_type={values.get('position_embedding_type')!r}; only absolute positions are supported")
     names = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
              "max_position_embeddings", "type_vocab_size", "hidden_dropout_prob", "attention_probs_dropout_prob",
-             "layer_norm_eps", "initializer_range", "pad_token_id")
-    return BertConfig(**{name: values[name] for name in names if values.get(name) is not None})
+             "layer_norm_eps", "initializer_range")
+    config = {name: values[name] for name in names if values.get(name) is not None}
+    if values.get("tie_word_embeddings") is False:
+        raise ValueError(f"{source} unties the MLM decoder from the word embeddings; bertline's head is always tied")
+    return BertConfig(**config, pad_token_id=values.get("pad_token_id", 0))
 
 
 def to_hf_state_dict(model: BertForPreTraining | BertModel) -> dict[str, torch.Tensor]:
     """Our parameters under HuggingFace BertForPreTraining (or BertModel) names."""
+    if not isinstance(model, (BertForPreTraining, BertModel)):
+        raise TypeError(
+            f"HuggingFace export takes a BertForPreTraining or a BertModel, not {type(model).__name__}; "
+            f"export its encoder (model.bert) instead"
+        )
     bert = model.bert if isinstance(model, BertForPreTraining) else model
     prefix = "bert." if isinstance(model, BertForPreTraining) else ""
     ours = bert.state_dict()
@@ -114,9 +122,16 @@ def to_hf_state_dict(model: BertForPreTraining | BertModel) -> dict[str, torch.T
 
 
 def _strip(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(encoder tensors without the 'bert.' prefix, head tensors) from an HF state dict of either kind."""
+    """(encoder tensors without the 'bert.' prefix, head tensors) from an HF state dict of either kind.
+
+    Google's original checkpoints name LayerNorm parameters gamma and beta; transformers renames them on
+    load, and so does this."""
     encoder, heads = {}, {}
     for name, tensor in state.items():
+        if name.endswith("LayerNorm.gamma"):
+            name = name[: -len("gamma")] + "weight"
+        elif name.endswith("LayerNorm.beta"):
+            name = name[: -len("beta")] + "bias"
         if name.startswith("cls."):
             heads[name] = tensor
         elif name.startswith("bert."):
@@ -137,40 +152,59 @@ def _copy(target: torch.Tensor, source: torch.Tensor, name: str, origin: str) ->
 
 
 def load_hf_state_dict(model: BertForPreTraining | BertModel, state: dict[str, torch.Tensor], origin: str = "checkpoint") -> list[str]:
-    """Copy HF-named tensors into our model; returns the names of our parameters left as initialised."""
+    """Copy HF-named tensors into our model; returns the names of our parameters left as initialised
+    (a missing pooler or missing heads). Tensors the model has no place for are logged, not dropped silently."""
     encoder, heads = _strip(state)
     bert = model.bert if isinstance(model, BertForPreTraining) else model
     ours = dict(bert.named_parameters())
-    required = {theirs: mine for mine, theirs in _EMBEDDINGS.items()}
-    if bert.config.position_embedding_type == "sinusoidal":
-        required.pop("embeddings.position_embeddings.weight")
-    for theirs, mine in required.items():
-        if theirs not in encoder:
-            raise ValueError(f"{origin} lacks {theirs}; it is not a BERT checkpoint of this shape")
-        _copy(ours[mine], encoder[theirs], theirs, origin)
-    for i in range(bert.config.num_hidden_layers):
-        base = f"encoder.layer.{i}."
-        try:
-            qkv_weight = torch.cat([encoder[f"{base}attention.self.{n}.weight"] for n in ("query", "key", "value")])
-            qkv_bias = torch.cat([encoder[f"{base}attention.self.{n}.bias"] for n in ("query", "key", "value")])
-            _copy(ours[f"layers.{i}.qkv.weight"], qkv_weight, f"{base}attention.self", origin)
-            _copy(ours[f"layers.{i}.qkv.bias"], qkv_bias, f"{base}attention.self", origin)
-            for mine, theirs in _LAYER.items():
-                for kind in ("weight", "bias"):
-                    _copy(ours[f"layers.{i}.{mine}.{kind}"], encoder[f"{base}{theirs}.{kind}"], f"{base}{theirs}.{kind}", origin)
-        except KeyError as missing:
-            raise ValueError(f"{origin} lacks {missing.args[0]}; it has fewer layers than num_hidden_layers={bert.config.num_hidden_layers}") from None
-    extra_layer = f"encoder.layer.{bert.config.num_hidden_layers}.attention.self.query.weight"
-    if extra_layer in encoder:
-        raise ValueError(f"{origin} has more layers than num_hidden_layers={bert.config.num_hidden_layers}; the config does not match")
+    used: set[str] = set()
     fresh: list[str] = []
+
+    def take(theirs: str, mine: str, required: bool = True) -> None:
+        if theirs not in encoder:
+            if required:
+                raise ValueError(f"{origin} lacks {theirs}; it is not a BERT checkpoint bertline can read")
+            fresh.append(mine)
+            return
+        _copy(ours[mine], encoder[theirs], theirs, origin)
+        used.add(theirs)
+
+    for mine, theirs in _EMBEDDINGS.items():
+        if mine == "embeddings.position_embeddings.weight" and bert.config.position_embedding_type == "sinusoidal":
+            continue  # the table is computed; a stored one is reported as unused below
+        # BertForMaskedLM and BertForTokenClassification checkpoints have no pooler.
+        take(theirs, mine, required=not mine.startswith("pooler."))
+    layers = bert.config.num_hidden_layers
+    for i in range(layers):
+        base = f"encoder.layer.{i}."
+        if f"{base}attention.self.query.weight" not in encoder:
+            raise ValueError(f"{origin} has {i} layers but num_hidden_layers={layers}; the config does not match")
+        for kind in ("weight", "bias"):
+            names = [f"{base}attention.self.{n}.{kind}" for n in ("query", "key", "value")]
+            missing = [name for name in names if name not in encoder]
+            if missing:
+                raise ValueError(f"{origin} lacks {missing[0]}; it is not a BERT checkpoint bertline can read")
+            _copy(ours[f"layers.{i}.qkv.{kind}"], torch.cat([encoder[name] for name in names]), f"{base}attention.self.*.{kind}", origin)
+            used.update(names)
+            for mine, theirs in _LAYER.items():
+                take(f"{base}{theirs}.{kind}", f"layers.{i}.{mine}.{kind}")
+    if f"encoder.layer.{layers}.attention.self.query.weight" in encoder:
+        raise ValueError(f"{origin} has more layers than num_hidden_layers={layers}; the config does not match")
     if isinstance(model, BertForPreTraining):
         params = dict(model.named_parameters())
         for mine, theirs in _HEADS.items():
             if theirs in heads:
                 _copy(params[mine], heads[theirs], theirs, origin)
+                used.add(theirs)
             else:
                 fresh.append(mine)
+        decoder = heads.get("cls.predictions.decoder.weight")
+        if decoder is not None and not torch.equal(decoder, encoder["embeddings.word_embeddings.weight"]):
+            raise ValueError(f"{origin} has an MLM decoder that differs from its word embeddings; bertline's head is always tied")
+        used.update(name for name in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias") if name in heads)
+    unused = sorted(set(encoder) - used - {"embeddings.position_ids"} | (set(heads) - used))
+    if unused:
+        log.warning("%s: %d tensors have no place in this model and were not loaded: %s", origin, len(unused), ", ".join(unused[:8]))
     return fresh
 
 
@@ -210,5 +244,5 @@ def from_pretrained(folder: str | Path, with_heads: bool = True) -> BertForPreTr
     model: BertForPreTraining | BertModel = BertForPreTraining(config) if with_heads else BertModel(config)
     fresh = load_hf_state_dict(model, read_state(folder), str(folder))
     if fresh:
-        log.warning("%s has no pretraining heads; initialised fresh: %s", folder, ", ".join(fresh))
+        log.warning("%s lacks some weights; initialised fresh: %s", folder, ", ".join(fresh))
     return model

@@ -101,7 +101,7 @@ def minilm() -> Path:
     return folder
 
 
-def test_real_minilm_weights_match_transformers_bertmodel(minilm, corpora, caplog):
+def test_real_minilm_weights_match_transformers_bertmodel(minilm, corpora):
     from pipeline.tokenizer import load_tokenizer
 
     tok = load_tokenizer("wordpiece", (minilm / "vocab.txt").read_bytes(), lowercase=True)
@@ -120,6 +120,35 @@ def test_real_minilm_weights_match_transformers_bertmodel(minilm, corpora, caplo
     torch.testing.assert_close(mine[real], theirs[real], atol=1e-5, rtol=1e-5)
 
 
+def test_masked_lm_checkpoint_without_pooler_and_google_gamma_beta_names_load(tmp_path, caplog):
+    torch.manual_seed(4)
+    config = BertConfig.preset("tiny", vocab_size=90, max_position_embeddings=32)
+    values = {k: v for k, v in hf_config(config, "BertForMaskedLM").items() if k not in ("architectures", "model_type")}
+    masked_lm = transformers.BertForMaskedLM(transformers.BertConfig(**values)).eval()
+    state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+             for k, v in masked_lm.state_dict().items()}
+    assert not any("pooler" in k for k in state)
+    ours = BertForPreTraining(config).eval()
+    with caplog.at_level("WARNING", logger="bertline.model"):
+        fresh = load_hf_state_dict(ours, state, "masked-lm")
+    assert set(fresh) == {"pooler.weight", "pooler.bias", "nsp.weight", "nsp.bias"}
+    ids, types, mask, positions = _batch(90, seq=20)
+    with torch.no_grad():
+        mine = ours(ids, types, mask, positions).mlm_logits
+        reference = masked_lm(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
+    torch.testing.assert_close(mine, torch.gather(reference, 1, positions.unsqueeze(-1).expand(-1, -1, 90)), atol=1e-5, rtol=1e-5)
+
+
+def test_fine_tuned_models_are_refused_by_export_in_one_sentence(tmp_path):
+    from model import BertForSequenceClassification
+
+    classifier = BertForSequenceClassification(BertConfig.preset("tiny", vocab_size=50, max_position_embeddings=16), num_labels=2)
+    with pytest.raises(TypeError, match="export its encoder"):
+        save_pretrained(classifier, tmp_path / "c")
+    save_pretrained(classifier.bert, tmp_path / "c")
+    assert isinstance(from_pretrained(tmp_path / "c", with_heads=False), BertModel)
+
+
 def test_bertmodel_weights_give_pretraining_heads_fresh_and_say_so(minilm, caplog):
     with caplog.at_level("WARNING", logger="bertline.model"):
         model = from_pretrained(minilm)
@@ -134,7 +163,7 @@ def test_a_checkpoint_of_another_shape_is_one_sentence(tmp_path):
     with pytest.raises(ValueError, match=r"has shape \(100, 128\) but the model config needs \(100, 256\); the checkpoint and the config describe different models"):
         load_hf_state_dict(bigger, state, "t")
     deeper = BertForPreTraining(BertConfig.preset("tiny", vocab_size=100, max_position_embeddings=32, num_hidden_layers=3))
-    with pytest.raises(ValueError, match="fewer layers than num_hidden_layers=3"):
+    with pytest.raises(ValueError, match="has 2 layers but num_hidden_layers=3; the config does not match"):
         load_hf_state_dict(deeper, state, "t")
 
 
