@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import IGNORE_INDEX, BertConfig, BertForPreTraining  # noqa: E402
+from model import BertConfig, BertForPreTraining  # noqa: E402
 
 SEQ, PREDICTIONS, VOCAB = 128, 20, 30522
 
