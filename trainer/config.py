@@ -1,0 +1,125 @@
+"""The training config tree: `configs/train/*.yaml` plus dotted overrides (`--train.max_steps 100`).
+The DeepSpeed JSON is derived from it (`deepspeed_config`), never kept by hand."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from bertline.config import Section
+from bertline.errors import UserError
+
+
+class ModelSection(Section):
+    preset: Literal["tiny", "mini", "small", "base", "large"] = Field("tiny", description="Encoder size (model.config.PRESETS).")
+    position_embedding_type: Literal["learned", "sinusoidal"] = Field("learned", description="BERT's learned positions or the fixed sinusoidal table.")
+    max_position_embeddings: int = Field(512, ge=8, description="Positions the model can take; must cover the shards' max_seq_length.")
+    hidden_dropout_prob: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout after embeddings, attention output and feed-forward.")
+    attention_probs_dropout_prob: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on attention probabilities.")
+
+
+class DataSection(Section):
+    shards: str = Field("runs/demo/shards", description="Folder written by `bertline prepare` (needs manifest.json and COMPLETED).")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per rank per forward pass.")
+    masking: Literal["static", "dynamic"] = Field("static", description="Use the shards' masks, or re-mask every epoch from the original tokens.")
+    masked_lm_prob: float = Field(0.15, gt=0.0, lt=1.0, description="Share of tokens masked when masking is dynamic.")
+    num_workers: int = Field(0, ge=0, description="Loader worker processes per rank (batches are collated inside them).")
+    pad_to_multiple_of: int = Field(8, ge=1, description="Pad each batch to its longest sequence rounded up to this multiple.")
+    fixed_length: bool = Field(False, description="Pad every batch to the shards' max_seq_length instead.")
+    skip_corrupt_shards: bool = Field(False, description="Warn, count and skip a shard whose bytes do not match the manifest, instead of stopping.")
+
+
+class OptimizerSection(Section):
+    name: Literal["adamw", "lamb"] = Field("adamw", description="AdamW, or LAMB (ZeRO stage 0 only, GPU only).")
+    lr: float = Field(1e-4, gt=0.0, description="Peak learning rate.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
+    eps: float = Field(1e-6, gt=0.0, description="Adam epsilon.")
+    weight_decay: float = Field(0.01, ge=0.0, description="Decoupled weight decay; never applied to biases and LayerNorm weights.")
+    torch_adam: bool = Field(True, description="Use torch's AdamW inside DeepSpeed instead of its compiled FusedAdam (no JIT build).")
+
+
+class ScheduleSection(Section):
+    warmup_steps: int = Field(100, ge=0, description="Optimizer steps of linear warmup from 0 to the peak LR.")
+    decay: Literal["linear", "polynomial", "cosine", "constant"] = Field("linear", description="Shape of the decay after warmup.")
+    end_fraction: float = Field(0.0, ge=0.0, le=1.0, description="LR at train.max_steps as a fraction of the peak.")
+    power: float = Field(1.0, gt=0.0, description="Exponent of the polynomial decay.")
+
+
+class TrainSection(Section):
+    max_steps: int = Field(1000, ge=1, description="Optimizer steps to train for.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro batches per optimizer step.")
+    global_batch_size: int | None = Field(None, ge=1, description="If set, must equal micro × accumulation × world size (checked at start).")
+    gradient_clipping: float = Field(1.0, ge=0.0, description="Max global gradient norm; 0 disables (DeepSpeed's own default is 1.0).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="fp16 uses dynamic loss scaling.")
+    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage.")
+    offload_optimizer: bool = Field(False, description="Keep optimizer state in CPU memory (ZeRO 2/3).")
+    initial_scale_power: int = Field(16, ge=0, le=64, description="fp16: the first loss scale is 2**this.")
+    loss_scale_window: int = Field(1000, ge=1, description="fp16: steps without overflow before the scale doubles.")
+    hysteresis: int = Field(2, ge=1, description="fp16: overflows tolerated before the scale drops.")
+    min_loss_scale: float = Field(1.0, gt=0.0, description="fp16: the scale never drops below this.")
+    max_steps_at_min_scale: int = Field(20, ge=1, description="fp16: stop when the scale has sat at its minimum this many steps.")
+
+
+class CheckpointSection(Section):
+    interval: int = Field(100, ge=1, description="Save every this many optimizer steps (and at the end).")
+    keep_last: int = Field(3, ge=1, description="Complete checkpoints kept; older ones are deleted.")
+
+
+class TrainConfig(Section):
+    """Everything `bertline train` needs."""
+
+    seed: int = Field(1234, description="Seeds model init, dropout and the data order.")
+    run_dir: str = Field("runs/train", description="Run folder: resolved config, DeepSpeed JSON, metrics.jsonl, checkpoints.")
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    optimizer: OptimizerSection = OptimizerSection()
+    schedule: ScheduleSection = ScheduleSection()
+    train: TrainSection = TrainSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+
+    @model_validator(mode="after")
+    def _combinations_deepspeed_honours(self) -> "TrainConfig":
+        if self.train.precision == "fp16" and self.train.zero_stage == 0:
+            raise ValueError("train.precision=fp16 with train.zero_stage=0 trains with wrongly scaled updates in DeepSpeed 0.19 (its PR #8393); use zero_stage >= 1")
+        if self.optimizer.name == "lamb" and self.train.zero_stage > 0:
+            raise ValueError("optimizer.name=lamb needs train.zero_stage=0: LAMB's layer-wise trust ratio is wrong on ZeRO partitions")
+        if self.train.offload_optimizer and self.train.zero_stage < 2:
+            raise ValueError("train.offload_optimizer needs train.zero_stage 2 or 3")
+        return self
+
+
+def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
+    """The DeepSpeed JSON for this run; the batch arithmetic is checked here, before anything starts."""
+    train, optimizer = config.train, config.optimizer
+    micro, accumulation = config.data.micro_batch_size, train.gradient_accumulation_steps
+    global_batch = micro * accumulation * world_size
+    if train.global_batch_size is not None and train.global_batch_size != global_batch:
+        raise UserError(
+            f"train.global_batch_size={train.global_batch_size} but data.micro_batch_size ({micro}) × "
+            f"train.gradient_accumulation_steps ({accumulation}) × world size ({world_size}) = {global_batch}; make them agree"
+        )
+    zero: dict = {"stage": train.zero_stage}
+    if train.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    ds = {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": train.gradient_clipping,
+        "zero_optimization": zero,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "optimizer": {
+            "type": "Lamb" if optimizer.name == "lamb" else "AdamW",
+            "params": {"lr": optimizer.lr, "betas": list(optimizer.betas), "eps": optimizer.eps,
+                       "weight_decay": optimizer.weight_decay, **({"torch_adam": True} if optimizer.torch_adam and optimizer.name == "adamw" else {})},
+        },
+    }
+    if train.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif train.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": train.initial_scale_power,
+                      "loss_scale_window": train.loss_scale_window, "hysteresis": train.hysteresis,
+                      "min_loss_scale": train.min_loss_scale}
+    return ds
