@@ -8,6 +8,7 @@ USAGE = """usage: bertline <command> [options]
 
 commands:
   prepare   corpus files → balanced WebDataset shards of BERT samples (an Apache Beam job)
+  train     pretrain BERT on those shards with DeepSpeed (in progress: single node, ZeRO 0-3)
 
 Run `bertline <command> --help` for a command's options."""
 
@@ -22,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.__main__ import main as prepare
 
         return prepare(rest)
+    if command == "train":
+        from trainer.__main__ import main as train
+
+        return train(rest)
     print(f"bertline: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

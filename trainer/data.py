@@ -263,10 +263,11 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
     def skipped_shards(self) -> list[str]:
         return sorted(self.shards.shards[shard]["path"] for shard in self._corrupt)
 
-    def samples(self, start: int, stop: int) -> tuple[schema.SampleBatch, np.ndarray]:
-        """Global sample indices [start, stop) of the current epoch, in order."""
+    def samples(self, start: int, stop: int, epoch: int | None = None) -> tuple[schema.SampleBatch, np.ndarray]:
+        """Global sample indices [start, stop) of an epoch (the current one by default), in order."""
+        epoch = self.epoch if epoch is None else epoch
         per_shard = self.shards.samples_per_shard
-        order = shard_order(self.spec.seed, self.epoch, len(self.shards.shards))
+        order = shard_order(self.spec.seed, epoch, len(self.shards.shards))
         parts, indices = [], np.arange(start, stop)
         for block in np.unique(indices // per_shard):
             local = indices[indices // per_shard == block] % per_shard
@@ -279,15 +280,17 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
                     break
             else:
                 raise UserError(f"every shard in {self.shards.folder} is corrupt; re-run bertline prepare")
-            parts.append(data.take(sample_order(self.spec.seed, self.epoch, shard, per_shard)[local]))
+            parts.append(data.take(sample_order(self.spec.seed, epoch, shard, per_shard)[local]))
         return schema.SampleBatch.concat(parts), indices
 
-    def batch(self, number: int) -> dict[str, torch.Tensor]:
-        """This rank's micro batch `number` (counted from the current position), collated."""
-        start, stop = rank_slice(self.position, number, self.spec.micro_batch_size, self.spec.world_size, self.spec.rank)
-        data, indices = self.samples(start, stop)
+    def batch(self, number: int, epoch: int | None = None, position: int | None = None) -> dict[str, torch.Tensor]:
+        """This rank's micro batch `number` counted from `position` of `epoch` (default: the current ones), collated."""
+        epoch = self.epoch if epoch is None else epoch
+        position = self.position if position is None else position
+        start, stop = rank_slice(position, number, self.spec.micro_batch_size, self.spec.world_size, self.spec.rank)
+        data, indices = self.samples(start, stop, epoch)
         if self.spec.masking == "dynamic":
-            data = remask(data, indices, self.spec.seed, self.epoch, self.masking_spec)
+            data = remask(data, indices, self.spec.seed, epoch, self.masking_spec)
         longest = int(data.samples[:, 0].max())
         if self.spec.fixed_length:
             length = self.shards.max_seq_length
@@ -298,7 +301,10 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
         return collate(data, indices, self.shards.max_predictions_per_seq, pad, length)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        # The pass is fixed when it starts: the trainer advances the position of this same object while
+        # iterating (in-process loading), and that must not shift the batches of the running pass.
+        epoch, position = self.epoch, self.position
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for number in worker_batches(len(self), worker, workers):
-            yield self.batch(number)
+        for number in worker_batches(batches_per_epoch(self.shards.total_samples, position, self.global_batch), worker, workers):
+            yield self.batch(number, epoch, position)

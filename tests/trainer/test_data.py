@@ -141,3 +141,12 @@ def test_corrupt_truncated_and_incomplete_shard_folders(shards, tmp_path):
     (broken / "COMPLETED").unlink()
     with pytest.raises(UserError, match="has no COMPLETED marker"):
         ShardSet.open(broken)
+
+
+def test_advancing_while_iterating_in_process_keeps_the_pass(shards):
+    loader = PretrainingBatches(ShardSet.open(shards), LoaderSpec(micro_batch_size=8, seed=4))
+    seen = []
+    for batch in loader:  # the trainer's pattern with num_workers=0: advance after each batch
+        seen += batch["sample_index"].tolist()
+        loader.advance()
+    assert seen == list(range(len(seen))) and loader.state_dict() == {"epoch": 1, "position": 0}

@@ -1,0 +1,207 @@
+"""`bertline train` / `python -m trainer`: pretrain BERT with DeepSpeed on bertline shards.
+
+    bertline train --config configs/train/debug_cpu.yaml [--resume auto|none] [--train.max_steps 100 …]
+
+Launch one process per device with torchrun, deepspeed or srun (trainer/dist.py reads any of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from bertline.config import load_config, parse_overrides
+from bertline.errors import UserError, find_user_error
+from pipeline.masking import MaskingSpec
+from pipeline.rng import stable_hash
+from trainer import checkpoint, dist
+from trainer.config import TrainConfig, deepspeed_config
+from trainer.data import LoaderSpec, PretrainingBatches, ShardSet
+
+log = logging.getLogger("bertline.trainer")
+EXIT_DIVERGED = 3
+
+
+class Trainer:
+    """Owns the engine, the loader and the run folder; `step()` is one optimizer step."""
+
+    def __init__(self, config: TrainConfig, placement: dist.Placement):
+        from model import BertConfig, BertForPreTraining
+        from trainer import engine
+
+        self.config, self.placement = config, placement
+        self.run_dir = Path(config.run_dir)
+        self.checkpoints = self.run_dir / "checkpoints"
+        shards = ShardSet.open(config.data.shards)
+        if shards.max_seq_length > config.model.max_position_embeddings:
+            raise UserError(
+                f"the shards hold sequences of {shards.max_seq_length} tokens but model.max_position_embeddings="
+                f"{config.model.max_position_embeddings}; raise it"
+            )
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self.model_config = BertConfig.preset(
+            config.model.preset, shards.tokenizer["vocab_size"], max_position_embeddings=config.model.max_position_embeddings,
+            position_embedding_type=config.model.position_embedding_type, hidden_dropout_prob=config.model.hidden_dropout_prob,
+            attention_probs_dropout_prob=config.model.attention_probs_dropout_prob, pad_token_id=shards.tokenizer["special_ids"]["[PAD]"],
+        )
+        self.ds_config = deepspeed_config(config, placement.world_size)
+        schedule = {**config.schedule.model_dump(), "total_steps": config.train.max_steps}
+        self.engine = engine.build_engine(BertForPreTraining(self.model_config), self.ds_config, schedule, config.optimizer.weight_decay)
+        torch.manual_seed(stable_hash(config.seed, "dropout", placement.rank) % 2**63)  # each rank its own dropout
+        special = shards.tokenizer["special_ids"]
+        masking = MaskingSpec(config.data.masked_lm_prob, shards.max_predictions_per_seq, 0.8, 0.1, False, special["[MASK]"],
+                              shards.tokenizer["vocab_size"], frozenset((special["[CLS]"], special["[SEP]"], special["[PAD]"])),
+                              frozenset(special.values()))
+        self.loader = PretrainingBatches(shards, LoaderSpec(
+            micro_batch_size=config.data.micro_batch_size, world_size=placement.world_size, rank=placement.rank,
+            seed=config.seed, masking=config.data.masking, masked_lm_prob=config.data.masked_lm_prob,
+            pad_to_multiple_of=config.data.pad_to_multiple_of, fixed_length=config.data.fixed_length,
+            skip_corrupt_shards=config.data.skip_corrupt_shards,
+        ), masking)
+        self.step_number, self.samples = 0, 0
+        self._batches = None
+        if placement.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+            (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
+
+    def _next_batch(self) -> dict[str, torch.Tensor]:
+        while True:
+            if self._batches is None:  # a fresh pass from the loader's current (epoch, position)
+                # A private generator: DataLoader draws a base seed when an iterator starts, and drawing it
+                # from the global RNG would shift the dropout stream of a resumed run.
+                self._batches = iter(torch.utils.data.DataLoader(
+                    self.loader, batch_size=None, num_workers=self.config.data.num_workers, generator=torch.Generator()
+                ))
+            batch = next(self._batches, None)
+            if batch is not None:
+                return batch
+            self._batches = None
+
+    def step(self) -> dict:
+        """Gradient accumulation over micro batches, then DeepSpeed's optimizer step; returns this step's metrics."""
+        device = self.engine.device
+        totals = {"loss": 0.0, "mlm_loss": 0.0, "nsp_loss": 0.0, "mlm_accuracy": 0.0, "nsp_accuracy": 0.0}
+        lr = self.engine.get_lr()[0]  # the rate this step trains with (the scheduler moves on inside engine.step)
+        started = time.perf_counter()
+        for _ in range(self.config.train.gradient_accumulation_steps):
+            batch = {k: v.to(device) for k, v in self._next_batch().items() if k != "sample_index"}
+            out = self.engine(**batch)
+            self.engine.backward(out.loss)
+            self.engine.step()
+            self.loader.advance()
+            for name in totals:
+                totals[name] += float(getattr(out, name).detach()) / self.config.train.gradient_accumulation_steps
+        self.step_number += 1
+        self.samples += self.ds_config["train_batch_size"]
+        metrics = self._mean_over_ranks(totals)
+        from trainer import engine
+
+        return {"step": self.step_number, **metrics, "lr": lr, "samples": self.samples,
+                "loss_scale": engine.loss_scale(self.engine), "skipped_steps": int(self.engine.skipped_steps),
+                "samples_per_s": self.ds_config["train_batch_size"] / (time.perf_counter() - started)}
+
+    def _mean_over_ranks(self, values: dict) -> dict:
+        tensor = torch.tensor(list(values.values()), dtype=torch.float64)
+        if self.placement.world_size > 1:
+            torch.distributed.all_reduce(tensor)
+            tensor /= self.placement.world_size
+        return dict(zip(values, tensor.tolist()))
+
+    def save(self) -> None:
+        """DeepSpeed checkpoint with loader position, every rank's RNG, train state and model fingerprint;
+        it counts once rank 0 has written the marker, after every rank finished writing."""
+        from trainer import engine
+
+        rng = [None] * self.placement.world_size
+        if self.placement.world_size > 1:
+            torch.distributed.all_gather_object(rng, checkpoint.rng_state())
+        else:
+            rng = [checkpoint.rng_state()]
+        client = {"loader": self.loader.state_dict(), "rng": rng, "train": {"step": self.step_number, "samples": self.samples},
+                  "model_fingerprint": self.model_config.fingerprint()}
+        engine.save(self.engine, str(self.checkpoints), checkpoint.tag(self.step_number), client)
+        if self.placement.world_size > 1:
+            torch.distributed.barrier()
+        if self.placement.rank == 0:
+            checkpoint.mark_complete(self.checkpoints, self.step_number)
+            checkpoint.prune(self.checkpoints, self.config.checkpoint.keep_last)
+
+    def resume(self, mode: str) -> None:
+        from trainer import engine
+
+        if mode == "none":
+            return
+        steps = checkpoint.complete_steps(self.checkpoints)
+        if not steps:
+            log.info("no complete checkpoint in %s: starting from scratch", self.checkpoints)
+            return
+        client = engine.load(self.engine, str(self.checkpoints), checkpoint.tag(steps[-1]))
+        if client.get("model_fingerprint") != self.model_config.fingerprint():
+            raise UserError(f"checkpoint {self.checkpoints / checkpoint.tag(steps[-1])} holds a different model than this config; "
+                            f"use the run's own config or another run_dir")
+        self.loader.load_state_dict(client["loader"])
+        self.step_number, self.samples = client["train"]["step"], client["train"]["samples"]
+        if len(client["rng"]) == self.placement.world_size:
+            checkpoint.set_rng_state(client["rng"][self.placement.rank])
+        else:  # another world size: fresh, still deterministic, dropout streams
+            torch.manual_seed(stable_hash(self.config.seed, "dropout", self.placement.rank, self.step_number) % 2**63)
+        log.info("resumed from step %d (epoch %d, %d samples into it)", self.step_number, client["loader"]["epoch"], client["loader"]["position"])
+
+
+def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> int:
+    placement = dist.placement(os.environ)
+    from trainer import engine
+
+    engine.init_distributed(placement)
+    trainer = Trainer(config, placement)
+    trainer.resume(resume)
+    metrics_file = trainer.run_dir / "metrics.jsonl"
+    while trainer.step_number < config.train.max_steps:
+        metrics = trainer.step()
+        if not math.isfinite(metrics["loss"]) and config.train.precision != "fp16":
+            raise UserError(f"the loss became {metrics['loss']} at step {metrics['step']} ({config.train.precision}); training stopped, "
+                            f"the newest complete checkpoint in {trainer.checkpoints} is the last good state")
+        if placement.rank == 0:
+            with metrics_file.open("a") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+        stopping = stop_after is not None and trainer.step_number >= stop_after
+        if trainer.step_number % config.checkpoint.interval == 0 or trainer.step_number == config.train.max_steps or stopping:
+            trainer.save()
+        if stopping:
+            log.info("stopping after step %d as asked (--stop-after); resume with --resume auto", trainer.step_number)
+            break
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        overrides, rest = parse_overrides(argv, TrainConfig)
+        parser = argparse.ArgumentParser(prog="bertline train", allow_abbrev=False)
+        parser.add_argument("--config", default=None, help="A YAML config (see configs/train/).")
+        parser.add_argument("--resume", choices=("auto", "none"), default="auto", help="Continue from the newest complete checkpoint (auto).")
+        parser.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                            help="Checkpoint and exit after this step (a time-sliced job); the schedule still runs to train.max_steps.")
+        args = parser.parse_args(rest)
+        return train(load_config(TrainConfig, args.config, overrides), args.resume, args.stop_after)
+    except Exception as exc:
+        sentence = find_user_error(exc)
+        if sentence is None:
+            raise
+        print(f"bertline train: error: {sentence}", file=sys.stderr)
+        return EXIT_DIVERGED if "the loss became" in sentence else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

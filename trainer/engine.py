@@ -1,0 +1,58 @@
+"""The only module that imports DeepSpeed: engine construction, checkpoint save/load."""
+
+from __future__ import annotations
+
+import os
+
+import deepspeed
+import torch
+
+from model import BertForPreTraining
+from trainer.dist import Placement
+from trainer.schedule import learning_rate
+
+
+def init_distributed(placement: Placement) -> None:
+    """env:// rendezvous from any launcher (DeepSpeed reads no SLURM_* variable itself)."""
+    os.environ.update(placement.environment())
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(placement.local_rank)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: biases and LayerNorm weights (all 1-D tensors) are not decayed."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(model: BertForPreTraining, ds_config: dict, schedule: dict, weight_decay: float):
+    """DeepSpeed engine with our LR schedule (a pure function of the step) as a LambdaLR."""
+    peak = ds_config["optimizer"]["params"]["lr"]
+
+    def scheduler(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(step, peak=peak, **schedule) / peak)
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=parameter_groups(model, weight_decay), config=ds_config, lr_scheduler=scheduler
+    )
+    return engine
+
+
+def loss_scale(engine) -> float | None:
+    optimizer = engine.optimizer
+    scale = getattr(optimizer, "cur_scale", None) or getattr(optimizer, "loss_scale", None)
+    return float(scale) if scale is not None and engine.fp16_enabled() else None
+
+
+def save(engine, folder: str, tag: str, client_state: dict) -> None:
+    engine.save_checkpoint(folder, tag=tag, client_state=client_state)
+
+
+def load(engine, folder: str, tag: str) -> dict:
+    _, client_state = engine.load_checkpoint(folder, tag=tag)
+    if client_state is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {folder}/{tag}")
+    return client_state
