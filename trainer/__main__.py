@@ -180,6 +180,12 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
         if stopping:
             log.info("stopping after step %d as asked (--stop-after); resume with --resume auto", trainer.step_number)
             break
+    if placement.rank == 0 and metrics_file.exists():
+        last = json.loads(metrics_file.read_text().splitlines()[-1])
+        print(f"step {last['step']}/{config.train.max_steps}: loss {last['loss']:.4f} (mlm {last['mlm_loss']:.4f}, "
+              f"accuracy {last['mlm_accuracy']:.3f}; nsp accuracy {last['nsp_accuracy']:.3f}), lr {last['lr']:.2e}")
+        print(f"metrics:     {metrics_file}\ncheckpoints: {trainer.checkpoints} (newest complete: step "
+              f"{max(checkpoint.complete_steps(trainer.checkpoints), default=0)})")
     return 0
 
 

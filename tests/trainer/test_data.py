@@ -1,11 +1,9 @@
 """The training loader over real shards written by the pipeline: order, partition, elastic resume,
 collation, dynamic masking, integrity checks."""
 
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -57,7 +55,7 @@ def test_elastic_resume_sees_every_sample_once(shards):
     total = shard_set.total_samples
     two = [PretrainingBatches(shard_set, LoaderSpec(micro_batch_size=4, world_size=2, rank=r, seed=3)) for r in range(2)]
     seen_index, seen_content = [], []
-    for number in range(7):  # seven global batches on 2 ranks
+    for _ in range(7):  # seven global batches on 2 ranks
         for loader in two:
             batch = loader.batch(0)
             seen_index += batch["sample_index"].tolist()
