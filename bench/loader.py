@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import webdataset
@@ -17,7 +16,7 @@ import webdataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.read_shards import per_sample_copy  # noqa: E402
+from bench.read_shards import per_sample_copy, timed  # noqa: E402
 from pipeline.__main__ import main as prepare  # noqa: E402
 from trainer.data import LoaderSpec, PretrainingBatches, ShardSet  # noqa: E402
 
@@ -53,15 +52,6 @@ def stock(paths: list[Path]) -> int:
     return samples
 
 
-def best_of(function, argument, repeats: int = 3) -> tuple[int, float]:
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.process_time()
-        count = function(argument)
-        best = min(best, time.process_time() - started)
-    return count, best
-
-
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bertline-loader-") as scratch:
         folder = Path(scratch) / "shards"
@@ -72,8 +62,8 @@ def main() -> int:
         for path in sorted(folder.glob("train-*.tar")):
             per_sample.append(Path(scratch) / f"per-sample-{path.name}")
             per_sample_copy(path, per_sample[-1])
-        n_ours, t_ours = best_of(ours, folder)
-        n_stock, t_stock = best_of(stock, per_sample)
+        n_ours, t_ours = timed(ours, folder)
+        n_stock, t_stock = timed(stock, per_sample)
     print(f"bench/loader.py: micro batch {MICRO}, 1 core, CPU time, best of 3")
     print("loader | samples | samples/s per core")
     print(f"bertline PretrainingBatches (collated tensors) | {n_ours:,} | {n_ours / t_ours:,.0f}")

@@ -105,8 +105,8 @@ class BertForPreTraining(nn.Module):
         return output
 
 
-class BertForSequenceClassification(nn.Module):
-    """Pooled [CLS] → dropout → linear: one label per sequence (or one score, with num_labels=1)."""
+class _FineTuningHead(nn.Module):
+    """An encoder (new, or shared with another head) → dropout → linear classifier."""
 
     def __init__(self, config: BertConfig, num_labels: int, bert: BertModel | None = None):
         super().__init__()
@@ -115,6 +115,10 @@ class BertForSequenceClassification(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         self.bert._init_weights(self.classifier)
+
+
+class BertForSequenceClassification(_FineTuningHead):
+    """Pooled [CLS] → dropout → linear: one label per sequence (or one score, with num_labels=1)."""
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> ClassificationOutput:
         """With num_labels == 1 the head is a regression (mean squared error), as in HuggingFace."""
@@ -127,16 +131,8 @@ class BertForSequenceClassification(nn.Module):
         return ClassificationOutput(logits, loss)
 
 
-class BertForTokenClassification(nn.Module):
+class BertForTokenClassification(_FineTuningHead):
     """Each token's hidden state → dropout → linear: one label per token (IGNORE_INDEX where none)."""
-
-    def __init__(self, config: BertConfig, num_labels: int, bert: BertModel | None = None):
-        super().__init__()
-        self.config = config
-        self.bert = bert if bert is not None else BertModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
-        self.bert._init_weights(self.classifier)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> ClassificationOutput:
         logits = self.classifier(self.dropout(self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state))
