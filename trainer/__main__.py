@@ -88,33 +88,46 @@ class Trainer:
             self._batches = None
 
     def step(self) -> dict:
-        """Gradient accumulation over micro batches, then DeepSpeed's optimizer step; returns this step's metrics."""
+        """One optimizer step over gradient_accumulation_steps micro batches.
+
+        The MLM loss is a mean over the masked tokens of the whole global batch, not a mean of per-micro-batch
+        means: each micro batch's token sum is divided by the global masked count (all-reduced first) and
+        multiplied back by the accumulation × world division DeepSpeed applies. So accumulation 4 × micro 2
+        makes the same update as micro 8, and the logged loss is the global batch's true mean.
+        """
+        accumulation, world = self.config.train.gradient_accumulation_steps, self.placement.world_size
         device = self.engine.device
-        totals = {"loss": 0.0, "mlm_loss": 0.0, "nsp_loss": 0.0, "mlm_accuracy": 0.0, "nsp_accuracy": 0.0}
         lr = self.engine.get_lr()[0]  # the rate this step trains with (the scheduler moves on inside engine.step)
         started = time.perf_counter()
-        for _ in range(self.config.train.gradient_accumulation_steps):
-            batch = {k: v.to(device) for k, v in self._next_batch().items() if k != "sample_index"}
-            out = self.engine(**batch)
-            self.engine.backward(out.loss)
+        micro_batches = [self._next_batch() for _ in range(accumulation)]
+        counts = [int((batch["masked_lm_labels"] != -100).sum()) for batch in micro_batches]
+        masked = max(1.0, self._sum_over_ranks({"masked": float(sum(counts))})["masked"])
+        totals = {"mlm_sum": 0.0, "nsp_loss": 0.0, "mlm_correct": 0.0, "nsp_accuracy": 0.0}
+        for batch, count in zip(micro_batches, counts):
+            out = self.engine(**{k: v.to(device) for k, v in batch.items() if k != "sample_index"})
+            self.engine.backward(out.mlm_loss * (count * accumulation * world / masked) + out.nsp_loss)
             self.engine.step()
             self.loader.advance()
-            for name in totals:
-                totals[name] += float(getattr(out, name).detach()) / self.config.train.gradient_accumulation_steps
+            totals["mlm_sum"] += float(out.mlm_loss.detach()) * count
+            totals["mlm_correct"] += float(out.mlm_accuracy.detach()) * count
+            totals["nsp_loss"] += float(out.nsp_loss.detach()) / (accumulation * world)
+            totals["nsp_accuracy"] += float(out.nsp_accuracy.detach()) / (accumulation * world)
         self.step_number += 1
         self.samples += self.ds_config["train_batch_size"]
-        metrics = self._mean_over_ranks(totals)
+        summed = self._sum_over_ranks(totals)
+        mlm_loss = summed["mlm_sum"] / masked
         from trainer import engine
 
-        return {"step": self.step_number, **metrics, "lr": lr, "samples": self.samples,
+        return {"step": self.step_number, "loss": mlm_loss + summed["nsp_loss"], "mlm_loss": mlm_loss,
+                "nsp_loss": summed["nsp_loss"], "mlm_accuracy": summed["mlm_correct"] / masked,
+                "nsp_accuracy": summed["nsp_accuracy"], "lr": lr, "samples": self.samples, "masked_tokens": int(masked),
                 "loss_scale": engine.loss_scale(self.engine), "skipped_steps": int(self.engine.skipped_steps),
                 "samples_per_s": self.ds_config["train_batch_size"] / (time.perf_counter() - started)}
 
-    def _mean_over_ranks(self, values: dict) -> dict:
+    def _sum_over_ranks(self, values: dict) -> dict:
         tensor = torch.tensor(list(values.values()), dtype=torch.float64)
         if self.placement.world_size > 1:
             torch.distributed.all_reduce(tensor)
-            tensor /= self.placement.world_size
         return dict(zip(values, tensor.tolist()))
 
     def save(self) -> None:
