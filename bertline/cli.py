@@ -8,7 +8,8 @@ USAGE = """usage: bertline <command> [options]
 
 commands:
   prepare   corpus files → balanced WebDataset shards of BERT samples (an Apache Beam job)
-  train     pretrain BERT on those shards with DeepSpeed (in progress: single node, ZeRO 0-3)
+  train     pretrain BERT on those shards with DeepSpeed (ZeRO 0-3; torchrun, deepspeed or srun)
+  export    a training checkpoint → a HuggingFace BERT folder
 
 Run `bertline <command> --help` for a command's options."""
 
@@ -23,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.__main__ import main as prepare
 
         return prepare(rest)
+    if command == "export":
+        from trainer.export import main as export
+
+        return export(rest)
     if command == "train":
         from trainer.__main__ import main as train
 

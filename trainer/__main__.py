@@ -69,10 +69,46 @@ class Trainer:
         ), masking)
         self.step_number, self.samples = 0, 0
         self._batches = None
+        self.validation = self._validation_loader(masking)
         if placement.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "model_config.json").write_text(json.dumps(
+                {**self.model_config.to_dict(), "shards": str(Path(config.data.shards).resolve()),
+                 "tokenizer_file": shards.tokenizer["file"]}, indent=2) + "\n")
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
             (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
+
+    def _validation_loader(self, masking: MaskingSpec) -> PretrainingBatches | None:
+        try:
+            shards = ShardSet.open(self.config.data.shards, split="validation")
+        except UserError:
+            log.info("no validation shards in %s: evaluation is off", self.config.data.shards)
+            return None
+        spec = LoaderSpec(micro_batch_size=self.config.data.micro_batch_size, world_size=self.placement.world_size,
+                          rank=self.placement.rank, seed=self.config.seed)
+        loader = PretrainingBatches(shards, spec, masking)
+        return loader if len(loader) else None
+
+    def evaluate(self) -> dict:
+        """MLM loss and accuracy, NSP accuracy over the same validation batches every time (static masks)."""
+        if self.validation is None:
+            return {}
+        sums = {"mlm_sum": 0.0, "mlm_correct": 0.0, "masked": 0.0, "nsp_correct": 0.0, "sequences": 0.0}
+        self.engine.eval()
+        with torch.no_grad():
+            for number in range(min(self.config.eval.batches, len(self.validation))):
+                batch = self.validation.batch(number, epoch=0, position=0)
+                out = self.engine(**{k: v.to(self.engine.device) for k, v in batch.items() if k != "sample_index"})
+                count = float((batch["masked_lm_labels"] != -100).sum())
+                sums["mlm_sum"] += float(out.mlm_loss) * count
+                sums["mlm_correct"] += float(out.mlm_accuracy) * count
+                sums["masked"] += count
+                sums["nsp_correct"] += float(out.nsp_accuracy) * len(batch["input_ids"])
+                sums["sequences"] += len(batch["input_ids"])
+        self.engine.train()
+        total = self._sum_over_ranks(sums)
+        return {"eval_mlm_loss": total["mlm_sum"] / total["masked"], "eval_mlm_accuracy": total["mlm_correct"] / total["masked"],
+                "eval_nsp_accuracy": total["nsp_correct"] / total["sequences"]}
 
     def _next_batch(self) -> dict[str, torch.Tensor]:
         while True:
@@ -184,6 +220,8 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
         if not math.isfinite(metrics["loss"]) and config.train.precision != "fp16":
             raise UserError(f"the loss became {metrics['loss']} at step {metrics['step']} ({config.train.precision}); training stopped, "
                             f"the newest complete checkpoint in {trainer.checkpoints} is the last good state")
+        if trainer.step_number % config.eval.interval == 0 or trainer.step_number == config.train.max_steps:
+            metrics.update(trainer.evaluate())
         if placement.rank == 0:
             with metrics_file.open("a") as handle:
                 handle.write(json.dumps(metrics) + "\n")
@@ -197,6 +235,9 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
         last = json.loads(metrics_file.read_text().splitlines()[-1])
         print(f"step {last['step']}/{config.train.max_steps}: loss {last['loss']:.4f} (mlm {last['mlm_loss']:.4f}, "
               f"accuracy {last['mlm_accuracy']:.3f}; nsp accuracy {last['nsp_accuracy']:.3f}), lr {last['lr']:.2e}")
+        if "eval_mlm_loss" in last:
+            print(f"validation: mlm loss {last['eval_mlm_loss']:.4f}, mlm accuracy {last['eval_mlm_accuracy']:.3f}, "
+                  f"nsp accuracy {last['eval_nsp_accuracy']:.3f}")
         print(f"metrics:     {metrics_file}\ncheckpoints: {trainer.checkpoints} (newest complete: step "
               f"{max(checkpoint.complete_steps(trainer.checkpoints), default=0)})")
     return 0

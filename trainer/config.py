@@ -66,6 +66,11 @@ class CheckpointSection(Section):
     keep_last: int = Field(3, ge=1, description="Complete checkpoints kept; older ones are deleted.")
 
 
+class EvalSection(Section):
+    interval: int = Field(100, ge=1, description="Evaluate on the validation shards every this many optimizer steps (and at the end).")
+    batches: int = Field(20, ge=1, description="Micro batches per rank per evaluation (the same ones every time).")
+
+
 class TrainConfig(Section):
     """Everything `bertline train` needs."""
 
@@ -77,6 +82,7 @@ class TrainConfig(Section):
     schedule: ScheduleSection = ScheduleSection()
     train: TrainSection = TrainSection()
     checkpoint: CheckpointSection = CheckpointSection()
+    eval: EvalSection = EvalSection()
 
     @model_validator(mode="after")
     def _combinations_deepspeed_honours(self) -> "TrainConfig":

@@ -56,3 +56,10 @@ def load(engine, folder: str, tag: str) -> dict:
     if client_state is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {folder}/{tag}")
     return client_state
+
+
+def consolidated_state_dict(folder: str, tag: str) -> dict[str, torch.Tensor]:
+    """fp32 weights of a (possibly ZeRO-partitioned) checkpoint, gathered into one state dict."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(folder, tag=tag)

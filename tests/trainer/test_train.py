@@ -42,6 +42,31 @@ def test_loss_decreases_and_resume_is_bitwise_exact(shards, tmp_path):
     assert [m["lr"] for m in resumed] == [m["lr"] for m in straight]
     checkpoints = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("step*"))
     assert checkpoints == ["step00000015", "step00000016"]  # keep_last 2
+    assert {"eval_mlm_loss", "eval_mlm_accuracy", "eval_nsp_accuracy"} <= set(straight[-1])  # evaluated at the end
+    assert [m.get("eval_mlm_loss") for m in resumed[-1:]] == [m.get("eval_mlm_loss") for m in straight[-1:]]
+
+
+def test_export_gives_a_folder_transformers_loads(shards, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    _train(shards, tmp_path / "run", "--train.max_steps", "3")
+    result = subprocess.run([sys.executable, "-m", "bertline.cli", "export", str(tmp_path / "run" / "checkpoints" / "step00000003"),
+                             str(tmp_path / "hf")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    hf, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    from model.hf import from_pretrained
+
+    ours = from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(5, 100, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).nsp_logits, hf.eval()(input_ids=ids).seq_relationship_logits, atol=1e-5, rtol=1e-5)
+    incomplete = tmp_path / "run" / "checkpoints" / "step00000099"
+    incomplete.mkdir()
+    result = subprocess.run([sys.executable, "-m", "bertline.cli", "export", str(incomplete), str(tmp_path / "x")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2 and "is not a complete checkpoint" in result.stderr
 
 
 def test_bad_train_config_and_missing_shards_are_one_sentence(tmp_path):

@@ -1,0 +1,51 @@
+"""`bertline export <run>/checkpoints/<step> <out>`: a training checkpoint → a HuggingFace BERT folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bertline.errors import UserError, find_user_error
+from trainer import checkpoint
+
+
+def export(step_folder: Path, output: Path) -> Path:
+    from model import BertConfig, BertForPreTraining
+    from model.hf import save_pretrained
+    from trainer import engine
+
+    if not (step_folder / checkpoint.MARKER).exists():
+        raise UserError(f"{step_folder} is not a complete checkpoint (no {checkpoint.MARKER} marker); pick a finished step")
+    run_dir = step_folder.parent.parent
+    described = json.loads((run_dir / "model_config.json").read_text())
+    shards, tokenizer_file = Path(described.pop("shards")), described.pop("tokenizer_file")
+    model = BertForPreTraining(BertConfig.from_dict(described))
+    state = engine.consolidated_state_dict(str(step_folder.parent), step_folder.name)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"checkpoint {step_folder} does not match its run's model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    files = [shards / tokenizer_file] if (shards / tokenizer_file).exists() else []
+    return save_pretrained(model, output, tokenizer_files=tuple(files))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bertline export", description="A training checkpoint → a HuggingFace BERT folder.")
+    parser.add_argument("checkpoint", type=Path, help="<run_dir>/checkpoints/stepNNNNNNNN")
+    parser.add_argument("output", type=Path, help="The folder to write config.json, model.safetensors and the tokenizer file into.")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        folder = export(args.checkpoint, args.output)
+    except Exception as exc:
+        sentence = find_user_error(exc)
+        if sentence is None:
+            raise
+        print(f"bertline export: error: {sentence}", file=sys.stderr)
+        return 2
+    print(f"exported {args.checkpoint} → {folder} (loads with transformers.BertForPreTraining.from_pretrained)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
