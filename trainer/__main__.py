@@ -142,7 +142,16 @@ class Trainer:
         for batch, count in zip(micro_batches, counts):
             out = self.engine(**{k: v.to(device) for k, v in batch.items() if k != "sample_index"})
             self.engine.backward(out.mlm_loss * (count * accumulation * world / masked) + out.nsp_loss)
-            self.engine.step()
+            try:
+                self.engine.step()
+            except Exception as exc:  # DeepSpeed raises a bare Exception on an overflow at the minimum scale
+                if "loss scale already at minimum" not in str(exc):
+                    raise
+                raise UserError(
+                    f"the fp16 loss scale hit its minimum ({self.config.train.min_loss_scale}) and still overflowed at step "
+                    f"{self.step_number + 1}: the loss diverged; training stopped, the newest complete checkpoint in "
+                    f"{self.checkpoints} is the last good state (try bf16 or a lower lr)"
+                ) from None
             self.loader.advance()
             totals["mlm_sum"] += float(out.mlm_loss.detach()) * count
             totals["mlm_correct"] += float(out.mlm_accuracy.detach()) * count
@@ -207,6 +216,23 @@ class Trainer:
         log.info("resumed from step %d (epoch %d, %d samples into it)", self.step_number, client["loader"]["epoch"], client["loader"]["position"])
 
 
+def _at_min(metrics: dict, config: TrainConfig) -> bool:
+    scale = metrics.get("loss_scale")
+    return scale is not None and scale <= config.train.min_loss_scale
+
+
+def check_health(metrics: dict, config: TrainConfig, checkpoints: Path, steps_at_min_scale: int) -> None:
+    """Stop, in one sentence, on a non-finite loss (fp32/bf16; fp16 skips such steps by itself) or an fp16
+    loss scale stuck at its minimum: the newest complete checkpoint stays the last good state."""
+    if not math.isfinite(metrics["loss"]) and config.train.precision != "fp16":
+        raise UserError(f"the loss became {metrics['loss']} at step {metrics['step']} ({config.train.precision}); training stopped, "
+                        f"the newest complete checkpoint in {checkpoints} is the last good state")
+    if steps_at_min_scale >= config.train.max_steps_at_min_scale:
+        raise UserError(f"the fp16 loss scale sat at its minimum ({config.train.min_loss_scale}) for {steps_at_min_scale} steps up to "
+                        f"step {metrics['step']}: the loss diverged; training stopped, the newest complete checkpoint in "
+                        f"{checkpoints} is the last good state (try bf16 or a lower lr)")
+
+
 def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> int:
     placement = dist.placement(os.environ)
     from trainer import engine
@@ -215,11 +241,10 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
     trainer = Trainer(config, placement)
     trainer.resume(resume)
     metrics_file = trainer.run_dir / "metrics.jsonl"
+    at_min_scale = 0
     while trainer.step_number < config.train.max_steps:
         metrics = trainer.step()
-        if not math.isfinite(metrics["loss"]) and config.train.precision != "fp16":
-            raise UserError(f"the loss became {metrics['loss']} at step {metrics['step']} ({config.train.precision}); training stopped, "
-                            f"the newest complete checkpoint in {trainer.checkpoints} is the last good state")
+        check_health(metrics, config, trainer.checkpoints, at_min_scale := at_min_scale + 1 if _at_min(metrics, config) else 0)
         if trainer.step_number % config.eval.interval == 0 or trainer.step_number == config.train.max_steps:
             metrics.update(trainer.evaluate())
         if placement.rank == 0:
@@ -260,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         if sentence is None:
             raise
         print(f"bertline train: error: {sentence}", file=sys.stderr)
-        return EXIT_DIVERGED if "the loss became" in sentence else 2
+        return EXIT_DIVERGED if "the loss became" in sentence or "loss diverged" in sentence else 2
 
 
 if __name__ == "__main__":

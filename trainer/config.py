@@ -58,7 +58,7 @@ class TrainSection(Section):
     loss_scale_window: int = Field(1000, ge=1, description="fp16: steps without overflow before the scale doubles.")
     hysteresis: int = Field(2, ge=1, description="fp16: overflows tolerated before the scale drops.")
     min_loss_scale: float = Field(1.0, gt=0.0, description="fp16: the scale never drops below this.")
-    max_steps_at_min_scale: int = Field(20, ge=1, description="fp16: stop when the scale has sat at its minimum this many steps.")
+    max_steps_at_min_scale: int = Field(20, ge=1, description="fp16: stop when the scale has sat at its minimum this many steps (an overflow at the minimum stops at once).")
 
 
 class CheckpointSection(Section):

@@ -115,3 +115,52 @@ def test_gradient_accumulation_matches_a_bigger_micro_batch(shards, tmp_path):
     # Same 8 samples in step 1, so the same update: step 2's loss agrees (summation order differs slightly).
     assert accumulated[1]["loss"] == pytest.approx(single[1]["loss"], abs=1e-4)
     assert accumulated[0]["loss"] == pytest.approx(single[0]["loss"], abs=1e-4)
+
+
+FP16_CHILD = """
+import os, sys
+from deepspeed.accelerator import get_accelerator
+get_accelerator().is_fp16_supported = lambda: True  # TEST ONLY: this CPU says no; DeepSpeed's fp16 engine runs anyway
+import trainer.engine as engine
+build = engine.build_engine
+def build_with_inf(*args, **kwargs):
+    built = build(*args, **kwargs)
+    calls = {"n": 0}
+    every = os.environ.get("INJECT_INF") == "always"
+    def hook(grad):  # an inf gradient in the third backward pass only (or in every one)
+        calls["n"] += 1
+        return grad * float("inf") if every or calls["n"] == 3 else grad
+    next(built.module.parameters()).register_hook(hook)
+    return built
+engine.build_engine = build_with_inf
+from trainer.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_fp16_overflow_skips_the_step_and_halves_the_scale(shards, tmp_path):
+    command = [sys.executable, "-c", FP16_CHILD, "--config", str(ROOT / "configs/train/debug_cpu.yaml"),
+               "--data.shards", str(shards), "--run_dir", str(tmp_path / "fp16"), "--train.max_steps", "5",
+               "--train.precision", "fp16", "--train.initial_scale_power", "10", "--train.hysteresis", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [json.loads(line) for line in (tmp_path / "fp16" / "metrics.jsonl").read_text().splitlines()]
+    scales = [m["loss_scale"] for m in metrics]
+    skipped = [m["skipped_steps"] for m in metrics]
+    assert scales[:2] == [1024.0, 1024.0] and scales[2] == 512.0, scales
+    assert skipped[1] == 0 and skipped[2] == 1, skipped
+    assert metrics[3]["lr"] == metrics[2]["lr"] != metrics[1]["lr"]  # the skipped step does not advance the schedule
+
+
+def test_fp16_scale_stuck_at_its_minimum_stops_the_run(shards, tmp_path):
+    import os
+
+    command = [sys.executable, "-c", FP16_CHILD, "--config", str(ROOT / "configs/train/debug_cpu.yaml"),
+               "--data.shards", str(shards), "--run_dir", str(tmp_path / "stuck"), "--train.max_steps", "20",
+               "--train.precision", "fp16", "--train.initial_scale_power", "2", "--train.hysteresis", "1",
+               "--train.max_steps_at_min_scale", "3"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "INJECT_INF": "always"})
+    assert result.returncode == 3, result.stderr[-3000:]
+    # 4 → 2 → 1, then an overflow at the minimum: DeepSpeed would raise; we stop with one sentence.
+    assert "the fp16 loss scale hit its minimum (1.0) and still overflowed at step 3" in result.stderr
+    assert "Traceback" not in result.stderr
