@@ -76,6 +76,7 @@ class TrainConfig(Section):
 
     seed: int = Field(1234, description="Seeds model init, dropout and the data order.")
     run_dir: str = Field("runs/train", description="Run folder: resolved config, DeepSpeed JSON, metrics.jsonl, checkpoints.")
+    tensorboard: bool = Field(True, description="Also write TensorBoard scalars to <run_dir>/tensorboard.")
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     optimizer: OptimizerSection = OptimizerSection()

@@ -164,3 +164,12 @@ def test_fp16_scale_stuck_at_its_minimum_stops_the_run(shards, tmp_path):
     # 4 → 2 → 1, then an overflow at the minimum: DeepSpeed would raise; we stop with one sentence.
     assert "the fp16 loss scale hit its minimum (1.0) and still overflowed at step 3" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_folder_has_tensorboard_events_and_a_report(shards, tmp_path):
+    _train(shards, tmp_path / "run", "--train.max_steps", "4", "--eval.interval", "2")
+    run = tmp_path / "run"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    report = (run / "report.md").read_text()
+    assert "validation at step 4" in report and (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"config.yaml", "deepspeed.json", "model_config.json", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
