@@ -234,6 +234,23 @@ def check_health(metrics: dict, config: TrainConfig, checkpoints: Path, steps_at
                         f"{checkpoints} is the last good state (try bf16 or a lower lr)")
 
 
+def print_summary(trainer: Trainer) -> None:
+    """Rank 0, at the end of a session: the report, the last figures and where everything is."""
+    metrics_file = trainer.run_dir / "metrics.jsonl"
+    if not metrics_file.exists():
+        return
+    report = write_report(trainer.run_dir)
+    last = json.loads(metrics_file.read_text().splitlines()[-1])
+    print(f"step {last['step']}/{trainer.config.train.max_steps}: loss {last['loss']:.4f} (mlm {last['mlm_loss']:.4f}, "
+          f"accuracy {last['mlm_accuracy']:.3f}; nsp accuracy {last['nsp_accuracy']:.3f}), lr {last['lr']:.2e}")
+    if "eval_mlm_loss" in last:
+        print(f"validation: mlm loss {last['eval_mlm_loss']:.4f}, mlm accuracy {last['eval_mlm_accuracy']:.3f}, "
+              f"nsp accuracy {last['eval_nsp_accuracy']:.3f}")
+    newest = max(checkpoint.complete_steps(trainer.checkpoints), default=0)
+    print(f"metrics:     {metrics_file} (TensorBoard: {trainer.run_dir / 'tensorboard'})\nreport:      {report}\n"
+          f"checkpoints: {trainer.checkpoints} (newest complete: step {newest})")
+
+
 def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> int:
     placement = dist.placement(os.environ)
     from trainer import engine
@@ -241,34 +258,26 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
     engine.init_distributed(placement)
     trainer = Trainer(config, placement)
     trainer.resume(resume)
-    metrics_file = trainer.run_dir / "metrics.jsonl"
     run_log = RunLog(trainer.run_dir, tensorboard=config.tensorboard) if placement.rank == 0 else None
     at_min_scale = 0
     while trainer.step_number < config.train.max_steps:
         metrics = trainer.step()
-        check_health(metrics, config, trainer.checkpoints, at_min_scale := at_min_scale + 1 if _at_min(metrics, config) else 0)
-        if trainer.step_number % config.eval.interval == 0 or trainer.step_number == config.train.max_steps:
+        at_min_scale = at_min_scale + 1 if _at_min(metrics, config) else 0
+        check_health(metrics, config, trainer.checkpoints, at_min_scale)
+        last_step = trainer.step_number == config.train.max_steps
+        if trainer.step_number % config.eval.interval == 0 or last_step:
             metrics.update(trainer.evaluate())
         if run_log is not None:
             run_log.write(metrics)
         stopping = stop_after is not None and trainer.step_number >= stop_after
-        if trainer.step_number % config.checkpoint.interval == 0 or trainer.step_number == config.train.max_steps or stopping:
+        if trainer.step_number % config.checkpoint.interval == 0 or last_step or stopping:
             trainer.save()
         if stopping:
             log.info("stopping after step %d as asked (--stop-after); resume with --resume auto", trainer.step_number)
             break
     if run_log is not None:
         run_log.close()
-    if placement.rank == 0 and metrics_file.exists():
-        report = write_report(trainer.run_dir)
-        last = json.loads(metrics_file.read_text().splitlines()[-1])
-        print(f"step {last['step']}/{config.train.max_steps}: loss {last['loss']:.4f} (mlm {last['mlm_loss']:.4f}, "
-              f"accuracy {last['mlm_accuracy']:.3f}; nsp accuracy {last['nsp_accuracy']:.3f}), lr {last['lr']:.2e}")
-        if "eval_mlm_loss" in last:
-            print(f"validation: mlm loss {last['eval_mlm_loss']:.4f}, mlm accuracy {last['eval_mlm_accuracy']:.3f}, "
-                  f"nsp accuracy {last['eval_nsp_accuracy']:.3f}")
-        print(f"metrics:     {metrics_file} (TensorBoard: {trainer.run_dir / 'tensorboard'})\nreport:      {report}\n"
-              f"checkpoints: {trainer.checkpoints} (newest complete: step {max(checkpoint.complete_steps(trainer.checkpoints), default=0)})")
+        print_summary(trainer)
     return 0
 
 
