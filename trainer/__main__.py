@@ -137,6 +137,9 @@ class Trainer:
         lr = self.engine.get_lr()[0]  # the rate this step trains with (the scheduler moves on inside engine.step)
         started = time.perf_counter()
         micro_batches = [self._next_batch() for _ in range(accumulation)]
+        # Which samples this rank trained on, as one number (for comparing runs; the indices are global).
+        consumed = torch.cat([batch["sample_index"] for batch in micro_batches]).tolist()
+        digest = stable_hash(*consumed) if consumed else 0
         counts = [int((batch["masked_lm_labels"] != -100).sum()) for batch in micro_batches]
         masked = max(1.0, self._sum_over_ranks({"masked": float(sum(counts))})["masked"])
         totals = {"mlm_sum": 0.0, "nsp_loss": 0.0, "mlm_correct": 0.0, "nsp_accuracy": 0.0}
@@ -167,6 +170,7 @@ class Trainer:
         return {"step": self.step_number, "loss": mlm_loss + summed["nsp_loss"], "mlm_loss": mlm_loss,
                 "nsp_loss": summed["nsp_loss"], "mlm_accuracy": summed["mlm_correct"] / masked,
                 "nsp_accuracy": summed["nsp_accuracy"], "lr": lr, "samples": self.samples, "masked_tokens": int(masked),
+                "rank0_samples_digest": digest,
                 "loss_scale": engine.loss_scale(self.engine), "skipped_steps": int(self.engine.skipped_steps),
                 "samples_per_s": self.ds_config["train_batch_size"] / (time.perf_counter() - started)}
 
@@ -210,6 +214,11 @@ class Trainer:
                             f"use the run's own config or another run_dir")
         self.loader.load_state_dict(client["loader"])
         self.step_number, self.samples = client["train"]["step"], client["train"]["samples"]
+        metrics_file = self.run_dir / "metrics.jsonl"
+        if self.placement.rank == 0 and metrics_file.exists():
+            # Steps after the checkpoint were lost with the killed process; they will be trained again.
+            kept = [line for line in metrics_file.read_text().splitlines() if json.loads(line)["step"] <= self.step_number]
+            metrics_file.write_text("".join(line + "\n" for line in kept))
         if len(client["rng"]) == self.placement.world_size:
             checkpoint.set_rng_state(client["rng"][self.placement.rank])
         else:  # another world size: fresh, still deterministic, dropout streams

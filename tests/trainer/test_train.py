@@ -173,3 +173,30 @@ def test_run_folder_has_tensorboard_events_and_a_report(shards, tmp_path):
     report = (run / "report.md").read_text()
     assert "validation at step 4" in report and (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"config.yaml", "deepspeed.json", "model_config.json", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
+
+
+def test_sigkill_mid_step_then_resume_auto_matches_the_uninterrupted_run(shards, tmp_path):
+    import os
+    import signal
+    import time
+
+    args = ["--train.max_steps", "20", "--checkpoint.interval", "10"]
+    straight = _train(shards, tmp_path / "straight", *args)
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "trainer", "--config", str(ROOT / "configs/train/debug_cpu.yaml"),
+               "--data.shards", str(shards), "--run_dir", str(run), *args]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill while step 13 runs, after the step-10 checkpoint landed
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        if len(lines) >= 12 and (run / "checkpoints" / "step00000010" / "COMPLETE").exists():
+            break
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run / "checkpoints" / "step00000020").exists()
+    resumed = _train(shards, run, *args)  # --resume auto is the default
+    assert [m["step"] for m in resumed] == list(range(1, 21))
+    assert [m["loss"] for m in resumed[10:]] == [m["loss"] for m in straight[10:]]
+    assert [m["rank0_samples_digest"] for m in resumed] == [m["rank0_samples_digest"] for m in straight]
