@@ -32,16 +32,6 @@ def batch(size: int, device: str, generator: torch.Generator):
     return [t.to(device) for t in (ids, types, torch.ones_like(ids), positions, labels, nsp)]
 
 
-def train_flops_per_sequence(config: BertConfig) -> float:
-    """6 × (encoder parameters) per token, plus attention scores and context (12·L·S·H per token),
-    plus the sparse head at the masked positions only."""
-    h, layers = config.hidden_size, config.num_hidden_layers
-    encoder = layers * (4 * h * h + 2 * h * config.intermediate_size)
-    per_token = 6 * encoder + 12 * layers * SEQ * h
-    head = 6 * PREDICTIONS * (h * h + h * VOCAB)
-    return per_token * SEQ + head
-
-
 def measure(preset: str, batch_size: int, steps: int, peak: float, compile: bool) -> dict:
     torch.manual_seed(0)
     torch.cuda.reset_peak_memory_stats()
@@ -68,7 +58,7 @@ def measure(preset: str, batch_size: int, steps: int, peak: float, compile: bool
     torch.cuda.synchronize()
     seconds = (time.perf_counter() - started) / steps
     sequences = batch_size / seconds
-    tflops = sequences * train_flops_per_sequence(config) / 1e12
+    tflops = sequences * config.training_flops_per_sequence(SEQ, PREDICTIONS) / 1e12
     return {
         "preset": preset, "compiled": compile, "batch": batch_size, "seconds_per_step": seconds, "sequences_per_s": sequences,
         "tokens_per_s": sequences * SEQ, "model_tflops": tflops, "mfu": tflops / peak, "final_loss": float(loss.detach()),

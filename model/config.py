@@ -63,6 +63,16 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    def training_flops_per_sequence(self, seq_length: int, predictions: int) -> float:
+        """Model FLOPs of one training step (forward + backward) per sequence: 6 × encoder parameters per
+        token, attention scores and context (12 · layers · seq · hidden per token), and the sparse MLM head
+        at the predicted positions only. Embedding lookups, pooler and NSP are negligible and left out."""
+        h, layers = self.hidden_size, self.num_hidden_layers
+        encoder = layers * (4 * h * h + 2 * h * self.intermediate_size)
+        per_token = 6 * encoder + 12 * layers * seq_length * h
+        head = 6 * predictions * (h * h + h * self.vocab_size)
+        return float(per_token * seq_length + head)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

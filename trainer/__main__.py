@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm import tqdm
 
 from bertline.config import load_config, parse_overrides
 from bertline.errors import UserError, find_user_error
@@ -163,7 +164,11 @@ class Trainer:
             totals["nsp_accuracy"] += float(out.nsp_accuracy.detach()) / (accumulation * world)
         self.step_number += 1
         self.samples += self.ds_config["train_batch_size"]
+        totals["tokens"] = float(sum(int(batch["attention_mask"].sum()) for batch in micro_batches))
+        totals["flops"] = sum(len(batch["input_ids"]) * self.model_config.training_flops_per_sequence(
+            batch["input_ids"].shape[1], batch["masked_lm_positions"].shape[1]) for batch in micro_batches)
         summed = self._sum_over_ranks(totals)
+        seconds = time.perf_counter() - started
         mlm_loss = summed["mlm_sum"] / masked
         from trainer import engine
 
@@ -172,7 +177,12 @@ class Trainer:
                 "nsp_accuracy": summed["nsp_accuracy"], "lr": lr, "samples": self.samples, "masked_tokens": int(masked),
                 "rank0_samples_digest": digest,
                 "loss_scale": engine.loss_scale(self.engine), "skipped_steps": int(self.engine.skipped_steps),
-                "samples_per_s": self.ds_config["train_batch_size"] / (time.perf_counter() - started)}
+                "samples_per_s": self.ds_config["train_batch_size"] / seconds, "tokens_per_s": summed["tokens"] / seconds,
+                "model_tflops": summed["flops"] / seconds / 1e12, "mfu": self._mfu(summed["flops"] / seconds)}
+
+    def _mfu(self, flops_per_s: float) -> float | None:
+        peak = self.config.train.peak_tflops_per_device
+        return flops_per_s / (peak * 1e12 * self.placement.world_size) if peak else None
 
     def _sum_over_ranks(self, values: dict) -> dict:
         tensor = torch.tensor(list(values.values()), dtype=torch.float64)
@@ -269,8 +279,12 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
     trainer.resume(resume)
     run_log = RunLog(trainer.run_dir, tensorboard=config.tensorboard) if placement.rank == 0 else None
     at_min_scale = 0
+    progress = tqdm(total=config.train.max_steps, initial=trainer.step_number, unit="step", dynamic_ncols=True,
+                    disable=placement.rank != 0 or not sys.stderr.isatty())
     while trainer.step_number < config.train.max_steps:
         metrics = trainer.step()
+        progress.update(1)
+        progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}")
         at_min_scale = at_min_scale + 1 if _at_min(metrics, config) else 0
         check_health(metrics, config, trainer.checkpoints, at_min_scale)
         last_step = trainer.step_number == config.train.max_steps
@@ -284,6 +298,7 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
         if stopping:
             log.info("stopping after step %d as asked (--stop-after); resume with --resume auto", trainer.step_number)
             break
+    progress.close()
     if run_log is not None:
         run_log.close()
         print_summary(trainer)

@@ -58,6 +58,9 @@ class TrainSection(Section):
     loss_scale_window: int = Field(1000, ge=1, description="fp16: steps without overflow before the scale doubles.")
     hysteresis: int = Field(2, ge=1, description="fp16: overflows tolerated before the scale drops.")
     min_loss_scale: float = Field(1.0, gt=0.0, description="fp16: the scale never drops below this.")
+    peak_tflops_per_device: float | None = Field(
+        None, gt=0.0, description="Dense bf16/fp16 peak of one device (H100/H200 SXM: 989), for the MFU column; unset on CPU.",
+    )
     max_steps_at_min_scale: int = Field(20, ge=1, description="fp16: stop when the scale has sat at its minimum this many steps (an overflow at the minimum stops at once).")
 
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 SCALARS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "lr", "loss_scale", "skipped_steps",
-           "samples_per_s", "eval_mlm_loss", "eval_mlm_accuracy", "eval_nsp_accuracy")
+           "samples_per_s", "tokens_per_s", "model_tflops", "mfu", "eval_mlm_loss", "eval_mlm_accuracy", "eval_nsp_accuracy")
 
 
 class RunLog:

@@ -144,3 +144,11 @@ def test_bad_masked_positions_are_one_sentence(tiny):
         model(torch.randint(5, 97, (1, 10)), masked_lm_positions=torch.tensor([[1, 20]]))
     with pytest.raises(ValueError, match=r"masked_lm_positions span -1\.\.2"):
         model(torch.randint(5, 97, (1, 10)), masked_lm_positions=torch.tensor([[-1, 2]]))
+
+
+def test_training_flops_count_bert_base_like_the_literature():
+    base = BertConfig.preset("base", vocab_size=30522)
+    layer_parameters = sum(p.numel() for p in BertModel(BertConfig.preset("base", vocab_size=10)).layers.parameters())
+    assert 84e6 < layer_parameters < 86e6  # BERT-base's encoder stack
+    expected = 6 * layer_parameters * 128 + 12 * 12 * 128 * 768 * 128 + 6 * 20 * (768 * 768 + 768 * 30522)
+    assert base.training_flops_per_sequence(128, 20) == pytest.approx(expected, rel=0.005)  # biases/LN left out
