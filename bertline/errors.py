@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+from typing import Callable
 
 
 class UserError(Exception):
@@ -10,6 +12,14 @@ class UserError(Exception):
 
     Raised anywhere (driver or Beam worker); the command line prints the sentence alone, no traceback.
     """
+
+    exit_code = 2
+
+
+class TrainingDiverged(UserError):
+    """The loss stopped being a number (or fp16 scaling gave up): the run stops, its last good checkpoint stays."""
+
+    exit_code = 3
 
 
 # Runners re-raise worker exceptions as their own type with the original text inside (FnApiRunner keeps
@@ -32,3 +42,16 @@ def find_user_error(exc: BaseException) -> str | None:
             return _STEP_SUFFIX.sub("", match.group(1)).strip()
         current = current.__cause__ or current.__context__
     return None
+
+
+def run_command(prog: str, call: Callable[[], int]) -> int:
+    """Run a command's body; a UserError, even one a Beam runner wrapped, becomes `prog: error: <sentence>`
+    on stderr and the error's exit code, with no traceback. Anything else is a bug and keeps its traceback."""
+    try:
+        return call()
+    except Exception as exc:
+        sentence = find_user_error(exc)
+        if sentence is None:
+            raise
+        print(f"{prog}: error: {sentence}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, UserError) else UserError.exit_code

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from bertline.config import load_config, parse_overrides
-from bertline.errors import UserError, find_user_error
+from bertline.errors import UserError, find_user_error, run_command
 from pipeline.config import PrepareConfig
 
 log = logging.getLogger("bertline.pipeline")
@@ -302,16 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_HideUserErrorTracebacks())
     log.setLevel(logging.INFO)
-    try:
+
+    def body() -> int:
         prepared = run(argv)
-    except Exception as exc:
-        sentence = find_user_error(exc)
-        if sentence is None:
-            raise
-        print(f"bertline prepare: error: {sentence}", file=sys.stderr)
-        return 2
-    print(summary(prepared.output, prepared.manifest))
-    return 0
+        print(summary(prepared.output, prepared.manifest))
+        return 0
+
+    return run_command("bertline prepare", body)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from bertline.config import load_config, parse_overrides
-from bertline.errors import UserError, find_user_error
+from bertline.errors import TrainingDiverged, UserError, run_command
 from pipeline.masking import MaskingSpec
 from pipeline.rng import stable_hash
 from trainer import checkpoint, dist
@@ -30,7 +30,6 @@ from trainer.data import LoaderSpec, PretrainingBatches, ShardSet
 from trainer.metrics import RunLog, write_report
 
 log = logging.getLogger("bertline.trainer")
-EXIT_DIVERGED = 3
 
 
 class Trainer:
@@ -152,7 +151,7 @@ class Trainer:
             except Exception as exc:  # DeepSpeed raises a bare Exception on an overflow at the minimum scale
                 if "loss scale already at minimum" not in str(exc):
                     raise
-                raise UserError(
+                raise TrainingDiverged(
                     f"the fp16 loss scale hit its minimum ({self.config.train.min_loss_scale}) and still overflowed at step "
                     f"{self.step_number + 1}: the loss diverged; training stopped, the newest complete checkpoint in "
                     f"{self.checkpoints} is the last good state (try bf16 or a lower lr)"
@@ -245,10 +244,10 @@ def check_health(metrics: dict, config: TrainConfig, checkpoints: Path, steps_at
     """Stop, in one sentence, on a non-finite loss (fp32/bf16; fp16 skips such steps by itself) or an fp16
     loss scale stuck at its minimum: the newest complete checkpoint stays the last good state."""
     if not math.isfinite(metrics["loss"]) and config.train.precision != "fp16":
-        raise UserError(f"the loss became {metrics['loss']} at step {metrics['step']} ({config.train.precision}); training stopped, "
+        raise TrainingDiverged(f"the loss became {metrics['loss']} at step {metrics['step']} ({config.train.precision}); training stopped, "
                         f"the newest complete checkpoint in {checkpoints} is the last good state")
     if steps_at_min_scale >= config.train.max_steps_at_min_scale:
-        raise UserError(f"the fp16 loss scale sat at its minimum ({config.train.min_loss_scale}) for {steps_at_min_scale} steps up to "
+        raise TrainingDiverged(f"the fp16 loss scale sat at its minimum ({config.train.min_loss_scale}) for {steps_at_min_scale} steps up to "
                         f"step {metrics['step']}: the loss diverged; training stopped, the newest complete checkpoint in "
                         f"{checkpoints} is the last good state (try bf16 or a lower lr)")
 
@@ -308,7 +307,7 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    def body() -> int:
         overrides, rest = parse_overrides(argv, TrainConfig)
         parser = argparse.ArgumentParser(prog="bertline train", allow_abbrev=False)
         parser.add_argument("--config", default=None, help="A YAML config (see configs/train/).")
@@ -317,13 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                             help="Checkpoint and exit after this step (a time-sliced job); the schedule still runs to train.max_steps.")
         args = parser.parse_args(rest)
         return train(load_config(TrainConfig, args.config, overrides), args.resume, args.stop_after)
-    except Exception as exc:
-        sentence = find_user_error(exc)
-        if sentence is None:
-            raise
-        print(f"bertline train: error: {sentence}", file=sys.stderr)
-        return EXIT_DIVERGED if "the loss became" in sentence or "loss diverged" in sentence else 2
 
+    return run_command("bertline train", body)
 
 if __name__ == "__main__":
     sys.exit(main())

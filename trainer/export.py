@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from bertline.errors import UserError, find_user_error
+from bertline.errors import UserError, run_command
 from trainer import checkpoint
 
 
@@ -35,17 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="<run_dir>/checkpoints/stepNNNNNNNN")
     parser.add_argument("output", type=Path, help="The folder to write config.json, model.safetensors and the tokenizer file into.")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+    def body() -> int:
         folder = export(args.checkpoint, args.output)
-    except Exception as exc:
-        sentence = find_user_error(exc)
-        if sentence is None:
-            raise
-        print(f"bertline export: error: {sentence}", file=sys.stderr)
-        return 2
-    print(f"exported {args.checkpoint} → {folder} (loads with transformers.BertForPreTraining.from_pretrained)")
-    return 0
+        print(f"exported {args.checkpoint} → {folder} (loads with transformers.BertForPreTraining.from_pretrained)")
+        return 0
 
+    return run_command("bertline export", body)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -73,3 +73,14 @@ def test_every_config_field_is_described():
 def test_user_error_survives_a_runner_wrapping():
     wrapped = RuntimeError("Traceback ...\nbertline.errors.UserError: input file x.gz is truncated [while running 'ReadCorpus/ReadDocuments']")
     assert find_user_error(wrapped) == "input file x.gz is truncated"
+
+
+def test_run_command_prints_one_sentence_and_the_error_exit_code(capsys):
+    from bertline.errors import TrainingDiverged, run_command
+
+    def diverges() -> int:
+        raise TrainingDiverged("the loss became nan at step 3")
+
+    assert run_command("bertline train", diverges) == 3
+    assert capsys.readouterr().err == "bertline train: error: the loss became nan at step 3\n"
+    assert run_command("bertline prepare", lambda: (_ for _ in ()).throw(UserError("bad input x"))) == 2
