@@ -22,6 +22,20 @@ class MaskingSpec:
     never_mask: frozenset[int]  # [CLS], [SEP], [PAD]: never predicted
     special_ids: frozenset[int]  # never drawn as a random replacement
 
+    @classmethod
+    def for_tokenizer(
+        cls, special_ids: dict[str, int], vocab_size: int, *, masked_lm_prob: float, max_predictions_per_seq: int,
+        mask_token_prob: float = 0.8, random_token_prob: float = 0.1, whole_word: bool = False,
+    ) -> "MaskingSpec":
+        """The spec for a tokenizer's special ids ("[PAD]", "[CLS]", "[SEP]", "[MASK]", … → id)."""
+        return cls(
+            masked_lm_prob=masked_lm_prob, max_predictions_per_seq=max_predictions_per_seq,
+            mask_token_prob=mask_token_prob, random_token_prob=random_token_prob, whole_word=whole_word,
+            mask_id=special_ids["[MASK]"], vocab_size=vocab_size,
+            never_mask=frozenset((special_ids["[CLS]"], special_ids["[SEP]"], special_ids["[PAD]"])),
+            special_ids=frozenset(special_ids.values()),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class Masked:

@@ -280,17 +280,10 @@ class TokenizeRangeFn(beam.DoFn):
 
 
 def _masking_spec(config: PrepareConfig, tok: tokenizer.Tokenizer) -> masking.MaskingSpec:
-    cfg, special = config.masking, tok.special_ids
-    return masking.MaskingSpec(
-        masked_lm_prob=cfg.masked_lm_prob,
-        max_predictions_per_seq=cfg.max_predictions_per_seq,
-        mask_token_prob=cfg.mask_token_prob,
-        random_token_prob=cfg.random_token_prob,
-        whole_word=cfg.whole_word,
-        mask_id=special["[MASK]"],
-        vocab_size=tok.vocab_size,
-        never_mask=frozenset((special["[CLS]"], special["[SEP]"], special["[PAD]"])),
-        special_ids=frozenset(special.values()),
+    cfg = config.masking
+    return masking.MaskingSpec.for_tokenizer(
+        tok.special_ids, tok.vocab_size, masked_lm_prob=cfg.masked_lm_prob, max_predictions_per_seq=cfg.max_predictions_per_seq,
+        mask_token_prob=cfg.mask_token_prob, random_token_prob=cfg.random_token_prob, whole_word=cfg.whole_word,
     )
 
 

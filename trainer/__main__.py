@@ -26,7 +26,7 @@ from pipeline.masking import MaskingSpec
 from pipeline.rng import stable_hash
 from trainer import checkpoint, dist
 from trainer.config import TrainConfig, deepspeed_config
-from trainer.data import LoaderSpec, PretrainingBatches, ShardSet
+from trainer.data import IGNORE_INDEX, LoaderSpec, PretrainingBatches, ShardSet
 from trainer.metrics import RunLog, write_report
 
 log = logging.getLogger("bertline.trainer")
@@ -58,10 +58,10 @@ class Trainer:
         schedule = {**config.schedule.model_dump(), "total_steps": config.train.max_steps}
         self.engine = engine.build_engine(BertForPreTraining(self.model_config), self.ds_config, schedule, config.optimizer.weight_decay)
         torch.manual_seed(stable_hash(config.seed, "dropout", placement.rank) % 2**63)  # each rank its own dropout
-        special = shards.tokenizer["special_ids"]
-        masking = MaskingSpec(config.data.masked_lm_prob, shards.max_predictions_per_seq, 0.8, 0.1, False, special["[MASK]"],
-                              shards.tokenizer["vocab_size"], frozenset((special["[CLS]"], special["[SEP]"], special["[PAD]"])),
-                              frozenset(special.values()))
+        masking = MaskingSpec.for_tokenizer(
+            shards.tokenizer["special_ids"], shards.tokenizer["vocab_size"],
+            masked_lm_prob=config.data.masked_lm_prob, max_predictions_per_seq=shards.max_predictions_per_seq,
+        )
         self.loader = PretrainingBatches(shards, LoaderSpec(
             micro_batch_size=config.data.micro_batch_size, world_size=placement.world_size, rank=placement.rank,
             seed=config.seed, masking=config.data.masking, masked_lm_prob=config.data.masked_lm_prob,
@@ -100,7 +100,7 @@ class Trainer:
             for number in range(min(self.config.eval.batches, len(self.validation))):
                 batch = self.validation.batch(number, epoch=0, position=0)
                 out = self.engine(**{k: v.to(self.engine.device) for k, v in batch.items() if k != "sample_index"})
-                count = float((batch["masked_lm_labels"] != -100).sum())
+                count = float((batch["masked_lm_labels"] != IGNORE_INDEX).sum())
                 sums["mlm_sum"] += float(out.mlm_loss) * count
                 sums["mlm_correct"] += float(out.mlm_accuracy) * count
                 sums["masked"] += count
@@ -140,7 +140,7 @@ class Trainer:
         # Which samples this rank trained on, as one number (for comparing runs; the indices are global).
         consumed = torch.cat([batch["sample_index"] for batch in micro_batches]).tolist()
         digest = stable_hash(*consumed) if consumed else 0
-        counts = [int((batch["masked_lm_labels"] != -100).sum()) for batch in micro_batches]
+        counts = [int((batch["masked_lm_labels"] != IGNORE_INDEX).sum()) for batch in micro_batches]
         masked = max(1.0, self._sum_over_ranks({"masked": float(sum(counts))})["masked"])
         totals = {"mlm_sum": 0.0, "nsp_loss": 0.0, "mlm_correct": 0.0, "nsp_accuracy": 0.0}
         for batch, count in zip(micro_batches, counts):

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from bertline.errors import UserError
+from model.heads import IGNORE_INDEX  # the label of a padding slot, as the model's losses expect it
 from pipeline import schema
 from pipeline.masking import MaskingSpec, mask_sequence
 from pipeline.rng import stable_hash
 
 log = logging.getLogger("bertline.trainer")
-IGNORE_INDEX = -100
 
 
 # ---------------------------------------------------------------- pure order and partition functions

@@ -100,9 +100,8 @@ def test_collated_batches_carry_the_static_masks(shards):
 
 def test_dynamic_masking_is_reproducible_and_changes_with_the_epoch(shards):
     shard_set = ShardSet.open(shards)
-    special = shard_set.tokenizer["special_ids"]
-    spec = MaskingSpec(0.15, 20, 0.8, 0.1, False, special["[MASK]"], shard_set.tokenizer["vocab_size"],
-                       frozenset((special["[CLS]"], special["[SEP]"], special["[PAD]"])), frozenset(special.values()))
+    spec = MaskingSpec.for_tokenizer(shard_set.tokenizer["special_ids"], shard_set.tokenizer["vocab_size"],
+                                     masked_lm_prob=0.15, max_predictions_per_seq=20)
     loader_spec = LoaderSpec(micro_batch_size=8, seed=5, masking="dynamic")
     first = PretrainingBatches(shard_set, loader_spec, spec).batch(3)
     again = PretrainingBatches(shard_set, loader_spec, spec).batch(3)
