@@ -52,7 +52,8 @@ def pretend_step(run_dir: Path, shards: Path, step: int) -> None:
     state["train"] = {"step": step, "samples": step * global_batch}
     torch.save(state, states)
     (folder / "latest").write_text(tag(step))
-    (target / MARKER).write_text(f"{step}\n")
+    marker = json.loads((target / MARKER).read_text())
+    (target / MARKER).write_text(json.dumps({**marker, "step": step}) + "\n")
 
 
 def main() -> int:

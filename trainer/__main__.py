@@ -35,13 +35,14 @@ log = logging.getLogger("bertline.trainer")
 class Trainer:
     """Owns the engine, the loader and the run folder; `step()` is one optimizer step."""
 
-    def __init__(self, config: TrainConfig, placement: dist.Placement):
+    def __init__(self, config: TrainConfig, placement: dist.Placement, resume: str = "auto"):
         from model import BertConfig, BertForPreTraining
         from trainer import engine
 
         self.config, self.placement = config, placement
         self.run_dir = Path(config.run_dir)
         self.checkpoints = self.run_dir / "checkpoints"
+        self.saved = checkpoint.newest(self.checkpoints) if resume == "auto" else None
         shards = ShardSet.open(config.data.shards)
         if shards.max_seq_length > config.model.max_position_embeddings:
             raise UserError(
@@ -55,6 +56,7 @@ class Trainer:
             attention_probs_dropout_prob=config.model.attention_probs_dropout_prob, pad_token_id=shards.tokenizer["special_ids"]["[PAD]"],
         )
         self.ds_config = deepspeed_config(config, placement.world_size)
+        self.load_from = self._checkpoint_to_load() if self.saved else None
         schedule = {**config.schedule.model_dump(), "total_steps": config.train.max_steps}
         self.engine = engine.build_engine(BertForPreTraining(self.model_config), self.ds_config, schedule, config.optimizer.weight_decay)
         torch.manual_seed(stable_hash(config.seed, "dropout", placement.rank) % 2**63)  # each rank its own dropout
@@ -99,7 +101,7 @@ class Trainer:
         with torch.no_grad():
             for number in range(min(self.config.eval.batches, len(self.validation))):
                 batch = self.validation.batch(number, epoch=0, position=0)
-                out = self.engine(**{k: v.to(self.engine.device) for k, v in batch.items() if k != "sample_index"})
+                out = self.engine(**{k: v.to(self.engine.device) for k, v in batch.items() if k not in ("sample_index", "sample_id")})
                 count = float((batch["masked_lm_labels"] != IGNORE_INDEX).sum())
                 sums["mlm_sum"] += float(out.mlm_loss) * count
                 sums["mlm_correct"] += float(out.mlm_accuracy) * count
@@ -137,14 +139,16 @@ class Trainer:
         lr = self.engine.get_lr()[0]  # the rate this step trains with (the scheduler moves on inside engine.step)
         started = time.perf_counter()
         micro_batches = [self._next_batch() for _ in range(accumulation)]
-        # Which samples this rank trained on, as one number (for comparing runs; the indices are global).
-        consumed = torch.cat([batch["sample_index"] for batch in micro_batches]).tolist()
+        # Which samples this rank trained on, as one number (for comparing runs) and, if asked, as a list.
+        consumed = torch.cat([batch["sample_id"] for batch in micro_batches]).tolist()
         digest = stable_hash(*consumed) if consumed else 0
+        if self.config.data.record_samples:
+            self._record_samples(consumed)
         counts = [int((batch["masked_lm_labels"] != IGNORE_INDEX).sum()) for batch in micro_batches]
         masked = max(1.0, self._sum_over_ranks({"masked": float(sum(counts))})["masked"])
         totals = {"mlm_sum": 0.0, "nsp_loss": 0.0, "mlm_correct": 0.0, "nsp_accuracy": 0.0}
         for batch, count in zip(micro_batches, counts):
-            out = self.engine(**{k: v.to(device) for k, v in batch.items() if k != "sample_index"})
+            out = self.engine(**{k: v.to(device) for k, v in batch.items() if k not in ("sample_index", "sample_id")})
             self.engine.backward(out.mlm_loss * (count * accumulation * world / masked) + out.nsp_loss)
             try:
                 self.engine.step()
@@ -179,6 +183,15 @@ class Trainer:
                 "samples_per_s": self.ds_config["train_batch_size"] / seconds, "tokens_per_s": summed["tokens"] / seconds,
                 "model_tflops": summed["flops"] / seconds / 1e12, "mfu": self._mfu(summed["flops"] / seconds)}
 
+    def _record_samples(self, consumed: list[int]) -> None:
+        ranks = [consumed]
+        if self.placement.world_size > 1:
+            ranks = [None] * self.placement.world_size
+            torch.distributed.all_gather_object(ranks, consumed)
+        if self.placement.rank == 0:
+            with open(self.run_dir / "samples.jsonl", "a") as out:
+                out.write(json.dumps({"step": self.step_number + 1, "epoch": self.loader.epoch, "sample_ids": ranks}) + "\n")
+
     def _mfu(self, flops_per_s: float) -> float | None:
         peak = self.config.train.peak_tflops_per_device
         return flops_per_s / (peak * 1e12 * self.placement.world_size) if peak else None
@@ -205,29 +218,49 @@ class Trainer:
         if self.placement.world_size > 1:
             torch.distributed.barrier()
         if self.placement.rank == 0:
-            checkpoint.mark_complete(self.checkpoints, self.step_number)
+            checkpoint.mark_complete(self.checkpoints, self.step_number, self.placement.world_size, self.config.train.zero_stage)
             checkpoint.prune(self.checkpoints, self.config.checkpoint.keep_last)
 
-    def resume(self, mode: str) -> None:
+    def _checkpoint_to_load(self) -> tuple[Path, str]:
+        """(folder, tag) for DeepSpeed's load_checkpoint. A checkpoint from another world size or ZeRO stage is
+        converted to the universal format first (rank 0; the others wait), and the engine is told to load it."""
         from trainer import engine
 
-        if mode == "none":
-            return
-        steps = checkpoint.complete_steps(self.checkpoints)
-        if not steps:
+        saved, stage, world = self.saved, self.config.train.zero_stage, self.placement.world_size
+        step_folder = self.checkpoints / saved.folder_name
+        if saved.zero_stage == 0 and stage != 0:
+            raise UserError(f"checkpoint {step_folder} was written under ZeRO stage 0, whose optimizer state DeepSpeed cannot "
+                            f"re-partition; resume it with --train.zero_stage 0")
+        if not checkpoint.needs_universal(saved, world, stage):
+            return self.checkpoints, saved.folder_name
+        log.info("checkpoint %s was written by %d ranks under ZeRO-%d; this run has %d rank(s) under ZeRO-%d: loading it "
+                 "through DeepSpeed's universal checkpoint", step_folder, saved.world_size, saved.zero_stage, world, stage)
+        if self.placement.rank == 0:
+            engine.to_universal(step_folder)
+        if world > 1:
+            torch.distributed.barrier()
+        self.ds_config["checkpoint"] = {"load_universal": True}
+        return step_folder, "universal"
+
+    def resume(self) -> None:
+        from trainer import engine
+
+        if self.load_from is None:
             log.info("no complete checkpoint in %s: starting from scratch", self.checkpoints)
             return
-        client = engine.load(self.engine, str(self.checkpoints), checkpoint.tag(steps[-1]))
+        folder, tag = self.load_from
+        client = engine.load(self.engine, str(folder), tag)
         if client.get("model_fingerprint") != self.model_config.fingerprint():
-            raise UserError(f"checkpoint {self.checkpoints / checkpoint.tag(steps[-1])} holds a different model than this config; "
+            raise UserError(f"checkpoint {self.checkpoints / self.saved.folder_name} holds a different model than this config; "
                             f"use the run's own config or another run_dir")
         self.loader.load_state_dict(client["loader"])
         self.step_number, self.samples = client["train"]["step"], client["train"]["samples"]
-        metrics_file = self.run_dir / "metrics.jsonl"
-        if self.placement.rank == 0 and metrics_file.exists():
-            # Steps after the checkpoint were lost with the killed process; they will be trained again.
-            kept = [line for line in metrics_file.read_text().splitlines() if json.loads(line)["step"] <= self.step_number]
-            metrics_file.write_text("".join(line + "\n" for line in kept))
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            records = self.run_dir / name
+            if self.placement.rank == 0 and records.exists():
+                # Steps after the checkpoint were lost with the killed process; they will be trained again.
+                kept = [line for line in records.read_text().splitlines() if json.loads(line)["step"] <= self.step_number]
+                records.write_text("".join(line + "\n" for line in kept))
         if len(client["rng"]) == self.placement.world_size:
             checkpoint.set_rng_state(client["rng"][self.placement.rank])
         else:  # another world size: fresh, still deterministic, dropout streams
@@ -274,8 +307,8 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
     from trainer import engine
 
     engine.init_distributed(placement)
-    trainer = Trainer(config, placement)
-    trainer.resume(resume)
+    trainer = Trainer(config, placement, resume)
+    trainer.resume()
     run_log = RunLog(trainer.run_dir, tensorboard=config.tensorboard) if placement.rank == 0 else None
     at_min_scale = 0
     progress = tqdm(total=config.train.max_steps, initial=trainer.step_number, unit="step", dynamic_ncols=True,

@@ -1,7 +1,14 @@
-"""Checkpoint folders: a step counts only once its COMPLETE marker exists; keep the last K; find the newest."""
+"""Checkpoint folders: a step counts only once its COMPLETE marker exists; keep the last K; find the newest.
+
+The marker also records the world size and ZeRO stage the checkpoint was written with, so a resume can tell,
+before it builds the engine, whether DeepSpeed's partitioned state has to be converted to the universal format
+(another world size or stage: see `needs_universal`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 import re
 import shutil
@@ -30,8 +37,37 @@ def complete_steps(folder: Path) -> list[int]:
     return sorted(steps)
 
 
-def mark_complete(folder: Path, step: int) -> None:
-    (folder / tag(step) / MARKER).write_text(f"{step}\n")
+@dataclasses.dataclass(frozen=True)
+class Saved:
+    """What the COMPLETE marker of one checkpoint says."""
+
+    step: int
+    world_size: int
+    zero_stage: int
+
+    @property
+    def folder_name(self) -> str:
+        return tag(self.step)
+
+
+def mark_complete(folder: Path, step: int, world_size: int, zero_stage: int) -> None:
+    marker = {"step": step, "world_size": world_size, "zero_stage": zero_stage}
+    (folder / tag(step) / MARKER).write_text(json.dumps(marker) + "\n")
+
+
+def newest(folder: Path) -> Saved | None:
+    """The newest complete checkpoint, or None."""
+    steps = complete_steps(folder)
+    if not steps:
+        return None
+    marker = json.loads((folder / tag(steps[-1]) / MARKER).read_text())
+    return Saved(int(marker["step"]), int(marker["world_size"]), int(marker["zero_stage"]))
+
+
+def needs_universal(saved: Saved, world_size: int, zero_stage: int) -> bool:
+    """ZeRO 1-3 partition the optimizer state by rank: DeepSpeed loads it only on the same world size and stage.
+    Otherwise the checkpoint goes through its universal format (stage 0 state is whole and loads anywhere)."""
+    return saved.zero_stage > 0 and (saved.world_size, saved.zero_stage) != (world_size, zero_stage)
 
 
 def prune(folder: Path, keep_last: int) -> None:

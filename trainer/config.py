@@ -28,6 +28,7 @@ class DataSection(Section):
     pad_to_multiple_of: int = Field(8, ge=1, description="Pad each batch to its longest sequence rounded up to this multiple.")
     fixed_length: bool = Field(False, description="Pad every batch to the shards' max_seq_length instead.")
     skip_corrupt_shards: bool = Field(False, description="Warn, count and skip a shard whose bytes do not match the manifest, instead of stopping.")
+    record_samples: bool = Field(False, description="Rank 0 appends every step's sample ids, per rank, to <run_dir>/samples.jsonl (an audit of what was trained on, across resumes).")
 
 
 class OptimizerSection(Section):

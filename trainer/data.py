@@ -263,12 +263,14 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
     def skipped_shards(self) -> list[str]:
         return sorted(self.shards.shards[shard]["path"] for shard in self._corrupt)
 
-    def samples(self, start: int, stop: int, epoch: int | None = None) -> tuple[schema.SampleBatch, np.ndarray]:
-        """Global sample indices [start, stop) of an epoch (the current one by default), in order."""
+    def samples(self, start: int, stop: int, epoch: int | None = None) -> tuple[schema.SampleBatch, np.ndarray, np.ndarray]:
+        """Global sample indices [start, stop) of an epoch (the current one by default), in order: the samples,
+        their indices (positions in the epoch's order) and their ids (shard × samples per shard + place in the
+        shard: which sample it is, whatever the epoch)."""
         epoch = self.epoch if epoch is None else epoch
         per_shard = self.shards.samples_per_shard
         order = shard_order(self.spec.seed, epoch, len(self.shards.shards))
-        parts, indices = [], np.arange(start, stop)
+        parts, ids, indices = [], [], np.arange(start, stop)
         for block in np.unique(indices // per_shard):
             local = indices[indices // per_shard == block] % per_shard
             # Policy for a corrupt shard (skip_corrupt_shards): its block is served by the next good shard
@@ -280,15 +282,17 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
                     break
             else:
                 raise UserError(f"every shard in {self.shards.folder} is corrupt; re-run bertline prepare")
-            parts.append(data.take(sample_order(self.spec.seed, epoch, shard, per_shard)[local]))
-        return schema.SampleBatch.concat(parts), indices
+            within = sample_order(self.spec.seed, epoch, shard, per_shard)[local]
+            parts.append(data.take(within))
+            ids.append(shard * per_shard + within)
+        return schema.SampleBatch.concat(parts), indices, np.concatenate(ids) if ids else np.zeros(0, np.int64)
 
     def batch(self, number: int, epoch: int | None = None, position: int | None = None) -> dict[str, torch.Tensor]:
         """This rank's micro batch `number` counted from `position` of `epoch` (default: the current ones), collated."""
         epoch = self.epoch if epoch is None else epoch
         position = self.position if position is None else position
         start, stop = rank_slice(position, number, self.spec.micro_batch_size, self.spec.world_size, self.spec.rank)
-        data, indices = self.samples(start, stop, epoch)
+        data, indices, ids = self.samples(start, stop, epoch)
         if self.spec.masking == "dynamic":
             data = remask(data, indices, self.spec.seed, epoch, self.masking_spec)
         longest = int(data.samples[:, 0].max())
@@ -298,7 +302,8 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
             multiple = self.spec.pad_to_multiple_of
             length = max(longest, min(self.shards.max_seq_length, -(-longest // multiple) * multiple))
         pad = self.shards.tokenizer["special_ids"]["[PAD]"]
-        return collate(data, indices, self.shards.max_predictions_per_seq, pad, length)
+        return {**collate(data, indices, self.shards.max_predictions_per_seq, pad, length),
+                "sample_id": torch.from_numpy(ids.astype(np.int64))}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         # The pass is fixed when it starts: the trainer advances the position of this same object while

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import deepspeed
 import torch
@@ -56,6 +60,25 @@ def load(engine, folder: str, tag: str) -> dict:
     if client_state is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {folder}/{tag}")
     return client_state
+
+
+def to_universal(step_folder: Path) -> Path:
+    """Convert a ZeRO checkpoint to DeepSpeed's universal format (per-parameter fp32 weights and optimizer
+    moments, loadable on any world size or stage), once: `<step>/universal`. Run on one rank only."""
+    output = step_folder / "universal"
+    if output.exists():
+        return output
+    partial = step_folder / "universal.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left by a conversion that was killed
+    # --inject_missing_state: ZeRO-2 checkpoints lack fields the converter wants (FACTS); one worker each
+    # because the conversion is I/O-bound and must not fight the node's other ranks for cores.
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(step_folder),
+               "--output_folder", str(partial), "--inject_missing_state", "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"converting {step_folder} to a universal checkpoint failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
+    partial.rename(output)
+    return output
 
 
 def consolidated_state_dict(folder: str, tag: str) -> dict[str, torch.Tensor]:

@@ -99,6 +99,31 @@ def test_two_ranks_zero2_resume_is_bitwise_exact(shards, tmp_path):
     assert straight[-1]["samples"] == 10 * 4 * 2
 
 
+def test_elastic_resume_of_a_two_rank_checkpoint_on_one_rank(shards, tmp_path):
+    """2 ranks × micro 4 stopped after step 6, resumed on 1 rank × micro 4 × accumulation 2 (the same global
+    batch): DeepSpeed's universal checkpoint carries the ZeRO-2 state, the loader the sample position."""
+    same = ["--train.max_steps", "10", "--data.record_samples", "true",
+            "--model.hidden_dropout_prob", "0", "--model.attention_probs_dropout_prob", "0"]
+    straight = _torchrun(shards, tmp_path / "straight", *same)
+    _torchrun(shards, tmp_path / "elastic", *same, "--stop-after", "6")
+    resumed = _train(shards, tmp_path / "elastic", *same, "--data.micro_batch_size", "4", "--train.gradient_accumulation_steps", "2")
+    assert (tmp_path / "elastic" / "checkpoints" / "step00000006" / "universal").is_dir()
+    assert [m["step"] for m in resumed] == list(range(1, 11))
+    assert [m["lr"] for m in resumed] == [m["lr"] for m in straight]
+    # Only the reduction order differs (two ranks' all-reduce vs one rank's accumulation).
+    assert [m["loss"] for m in resumed[6:]] == pytest.approx([m["loss"] for m in straight[6:]], abs=1e-4)
+
+    def consumed(run: Path) -> list[list[int]]:
+        lines = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+        assert [line["step"] for line in lines] == list(range(1, 11))
+        return [sorted(i for rank in line["sample_ids"] for i in rank) for line in lines]
+
+    elastic = consumed(tmp_path / "elastic")
+    assert elastic == consumed(tmp_path / "straight")  # the same samples in every step
+    everything = [i for step in elastic for i in step]
+    assert len(everything) == len(set(everything)) == 80  # within the epoch: none twice, none skipped
+
+
 @pytest.mark.parametrize("stage", [1, 3])
 def test_two_ranks_train_under_zero_stage(shards, tmp_path, stage):
     metrics = _torchrun(shards, tmp_path / f"zero{stage}", "--train.max_steps", "12", "--train.zero_stage", str(stage),
@@ -176,16 +201,21 @@ def test_run_folder_has_tensorboard_events_and_a_report(shards, tmp_path):
 
 
 def test_sigkill_mid_step_then_resume_auto_matches_the_uninterrupted_run(shards, tmp_path):
+    """2 ranks, ZeRO-2, 20 steps straight vs. the same run SIGKILLed (every process) while step 13 runs, after
+    the step-10 checkpoint landed, then resumed with --resume auto: steps 11-20 and the samples are identical."""
     import os
     import signal
     import time
 
-    args = ["--train.max_steps", "20", "--checkpoint.interval", "10"]
-    straight = _train(shards, tmp_path / "straight", *args)
+    from trainer.dist import free_port
+
+    args = ["--train.max_steps", "20", "--checkpoint.interval", "10", "--data.record_samples", "true"]
+    straight = _torchrun(shards, tmp_path / "straight", *args)
     run = tmp_path / "killed"
-    command = [sys.executable, "-m", "trainer", "--config", str(ROOT / "configs/train/debug_cpu.yaml"),
-               "--data.shards", str(shards), "--run_dir", str(run), *args]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
+               "-m", "trainer", "--config", str(ROOT / "configs/train/debug_cpu.yaml"), "--data.shards", str(shards),
+               "--run_dir", str(run), "--data.micro_batch_size", "4", *args]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline:  # kill while step 13 runs, after the step-10 checkpoint landed
@@ -193,10 +223,12 @@ def test_sigkill_mid_step_then_resume_auto_matches_the_uninterrupted_run(shards,
         if len(lines) >= 12 and (run / "checkpoints" / "step00000010" / "COMPLETE").exists():
             break
         time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks, as a node failure would
     process.wait()
-    assert not (run / "checkpoints" / "step00000020").exists()
-    resumed = _train(shards, run, *args)  # --resume auto is the default
+    assert len(metrics.read_text().splitlines()) >= 12 and not (run / "checkpoints" / "step00000020").exists()
+    resumed = _torchrun(shards, run, *args)  # --resume auto is the default
     assert [m["step"] for m in resumed] == list(range(1, 21))
-    assert [m["loss"] for m in resumed[10:]] == [m["loss"] for m in straight[10:]]
+    assert [m["loss"] for m in resumed[10:]] == [m["loss"] for m in straight[10:]]  # bitwise
     assert [m["rank0_samples_digest"] for m in resumed] == [m["rank0_samples_digest"] for m in straight]
+    # Every rank's sample ids, step by step.
+    assert (tmp_path / "straight" / "samples.jsonl").read_text() == (run / "samples.jsonl").read_text()
