@@ -347,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--resume", choices=("auto", "none"), default="auto", help="Continue from the newest complete checkpoint (auto).")
         parser.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                             help="Checkpoint and exit after this step (a time-sliced job); the schedule still runs to train.max_steps.")
+        # The deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same.
+        parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
         args = parser.parse_args(rest)
         return train(load_config(TrainConfig, args.config, overrides), args.resume, args.stop_after)
 

@@ -124,6 +124,20 @@ def test_elastic_resume_of_a_two_rank_checkpoint_on_one_rank(shards, tmp_path):
     assert len(everything) == len(set(everything)) == 80  # within the epoch: none twice, none skipped
 
 
+def test_deepspeed_launcher_trains_like_torchrun(shards, tmp_path):
+    """The deepspeed launcher (which appends --local_rank=N) runs the same module to the same losses."""
+    from trainer.dist import free_port
+
+    command = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+               "--module", "trainer", "--config", str(ROOT / "configs/train/debug_cpu.yaml"), "--data.shards", str(shards),
+               "--run_dir", str(tmp_path / "deepspeed"), "--data.micro_batch_size", "4", "--train.max_steps", "4"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    launched = [json.loads(line) for line in (tmp_path / "deepspeed" / "metrics.jsonl").read_text().splitlines()]
+    torchrun = _torchrun(shards, tmp_path / "torchrun", "--train.max_steps", "4")
+    assert [m["loss"] for m in launched] == [m["loss"] for m in torchrun]
+
+
 @pytest.mark.parametrize("stage", [1, 3])
 def test_two_ranks_train_under_zero_stage(shards, tmp_path, stage):
     metrics = _torchrun(shards, tmp_path / f"zero{stage}", "--train.max_steps", "12", "--train.zero_stage", str(stage),
