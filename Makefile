@@ -16,12 +16,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# prepare → train a tiny BERT with DeepSpeed (ZeRO-2, CPU) → stop at step 100 → resume → finish at 200
+# prepare → train a tiny BERT with DeepSpeed (2 ranks, ZeRO-2, CPU, gloo) → stop at step 100 → resume → finish at 200
+DEMO_TRAIN = $(BIN)/torchrun --nproc_per_node 2 -m trainer --config configs/train/debug_cpu.yaml \
+	--data.shards $(DEMO_DIR)/shards --run_dir $(DEMO_DIR)/train --data.micro_batch_size 4
 demo: $(STAMP)
 	$(BIN)/bertline prepare --config configs/pipeline/demo.yaml --output $(DEMO_DIR)/shards --overwrite
 	rm -rf $(DEMO_DIR)/train
-	$(BIN)/bertline train --config configs/train/debug_cpu.yaml --data.shards $(DEMO_DIR)/shards --run_dir $(DEMO_DIR)/train --stop-after 100
-	$(BIN)/bertline train --config configs/train/debug_cpu.yaml --data.shards $(DEMO_DIR)/shards --run_dir $(DEMO_DIR)/train --resume auto
+	$(DEMO_TRAIN) --stop-after 100
+	$(DEMO_TRAIN) --resume auto
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
