@@ -9,6 +9,7 @@ USAGE = """usage: bertline <command> [options]
 commands:
   prepare   corpus files → balanced WebDataset shards of BERT samples (an Apache Beam job)
   train     pretrain BERT on those shards with DeepSpeed (ZeRO 0-3; torchrun, deepspeed or srun)
+  submit    a training run as a Slurm batch job (srun or deepspeed launch, preemption → requeue → resume)
   export    a training checkpoint → a HuggingFace BERT folder
 
 Run `bertline <command> --help` for a command's options."""
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.export import main as export
 
         return export(rest)
+    if command == "submit":
+        from cluster.submit import main as submit
+
+        return submit(rest)
     if command == "train":
         from trainer.__main__ import main as train
 

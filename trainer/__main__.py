@@ -24,7 +24,7 @@ from bertline.config import load_config, parse_overrides
 from bertline.errors import TrainingDiverged, UserError, run_command
 from pipeline.masking import MaskingSpec
 from pipeline.rng import stable_hash
-from trainer import checkpoint, dist
+from trainer import checkpoint, dist, preemption
 from trainer.config import TrainConfig, deepspeed_config
 from trainer.data import IGNORE_INDEX, LoaderSpec, PretrainingBatches, ShardSet
 from trainer.metrics import RunLog, write_report
@@ -304,13 +304,21 @@ def print_summary(trainer: Trainer) -> None:
 
 def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> int:
     placement = dist.placement(os.environ)
+    device = dist.resolve_device(config.train.device, torch.cuda.is_available())
+    if device == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would pick CUDA on a GPU node otherwise
     from trainer import engine
 
-    engine.init_distributed(placement)
+    engine.init_distributed(placement, device)
+    signals = preemption.StopSignals()  # kept to the end: a TERM while another rank winds down must not kill this one
     trainer = Trainer(config, placement, resume)
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0))
+    if restarts and placement.rank == 0:
+        log.info("requeued Slurm job (SLURM_RESTART_COUNT=%d): %s", restarts,
+                 f"resuming from step {trainer.saved.step}" if trainer.saved else "no complete checkpoint, starting over")
     trainer.resume()
     run_log = RunLog(trainer.run_dir, tensorboard=config.tensorboard) if placement.rank == 0 else None
-    at_min_scale = 0
+    at_min_scale, exit_code = 0, 0
     progress = tqdm(total=config.train.max_steps, initial=trainer.step_number, unit="step", dynamic_ncols=True,
                     disable=placement.rank != 0 or not sys.stderr.isatty())
     while trainer.step_number < config.train.max_steps:
@@ -325,8 +333,14 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
         if run_log is not None:
             run_log.write(metrics)
         stopping = stop_after is not None and trainer.step_number >= stop_after
-        if trainer.step_number % config.checkpoint.interval == 0 or last_step or stopping:
+        preempted = signals.agreed(placement.world_size)
+        if trainer.step_number % config.checkpoint.interval == 0 or last_step or stopping or preempted:
             trainer.save()
+        if preempted and not last_step:
+            log.info("%s received: checkpointed step %d; exiting with code %d so the job is requeued and resumes here",
+                     signals.received or "a stop signal on another rank", trainer.step_number, preemption.REQUEUE_EXIT_CODE)
+            exit_code = preemption.REQUEUE_EXIT_CODE
+            break
         if stopping:
             log.info("stopping after step %d as asked (--stop-after); resume with --resume auto", trainer.step_number)
             break
@@ -334,7 +348,7 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
     if run_log is not None:
         run_log.close()
         print_summary(trainer)
-    return 0
+    return exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

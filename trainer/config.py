@@ -49,6 +49,9 @@ class ScheduleSection(Section):
 
 class TrainSection(Section):
     max_steps: int = Field(1000, ge=1, description="Optimizer steps to train for.")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="cuda (one GPU per rank, NCCL), cpu (gloo), or auto: cuda when a GPU is visible. `bertline submit` asks for GPUs when cuda.",
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro batches per optimizer step.")
     global_batch_size: int | None = Field(None, ge=1, description="If set, must equal micro × accumulation × world size (checked at start).")
     gradient_clipping: float = Field(1.0, ge=0.0, description="Max global gradient norm; 0 disables (DeepSpeed's own default is 1.0).")
@@ -75,6 +78,23 @@ class EvalSection(Section):
     batches: int = Field(20, ge=1, description="Micro batches per rank per evaluation (the same ones every time).")
 
 
+class SlurmSection(Section):
+    """Cluster defaults for `bertline submit`, in one place; the node and GPU counts and the time limit are its flags."""
+
+    launcher: Literal["srun", "deepspeed"] = Field(
+        "srun", description="srun: one task per GPU, each runs the trainer; deepspeed: the deepspeed launcher on the first node with a hostfile of the allocation.",
+    )
+    cpus_per_task: int = Field(8, ge=1, description="CPU cores per rank (loader workers and the host side); OMP_NUM_THREADS is set to it.")
+    mem_per_task_gb: int = Field(64, ge=1, description="Host memory per rank in GB (sbatch --mem is this × tasks per node).")
+    signal_seconds: int = Field(300, ge=10, description="Slurm sends USR1 this long before the time limit; the trainer checkpoints and the job requeues.")
+    exit_grace_seconds: int = Field(120, ge=1, description="srun --wait: once one rank exits, the others are killed after this long.")
+    env: dict[str, str] = Field(
+        default_factory=lambda: {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_DEBUG": "WARN", "PYTHONUNBUFFERED": "1"},
+        description="Environment of every rank (NCCL: fail instead of hanging when a rank dies).",
+    )
+    sbatch_options: list[str] = Field(default_factory=list, description="Extra `#SBATCH` lines, e.g. ['--constraint=h100', '--exclusive'].")
+
+
 class TrainConfig(Section):
     """Everything `bertline train` needs."""
 
@@ -88,6 +108,7 @@ class TrainConfig(Section):
     train: TrainSection = TrainSection()
     checkpoint: CheckpointSection = CheckpointSection()
     eval: EvalSection = EvalSection()
+    slurm: SlurmSection = SlurmSection()
 
     @model_validator(mode="after")
     def _combinations_deepspeed_honours(self) -> "TrainConfig":

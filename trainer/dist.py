@@ -57,3 +57,15 @@ def placement(env: Mapping[str, str]) -> Placement:
         return Placement(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
                          first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")), 20000 + job % 20000, "slurm")
     return Placement(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port(), "single")
+
+
+def resolve_device(requested: str, cuda_available: bool) -> str:
+    """train.device → "cuda" or "cpu"; asking for cuda without a visible GPU is the user's to fix."""
+    if requested == "auto":
+        return "cuda" if cuda_available else "cpu"
+    if requested == "cuda" and not cuda_available:
+        from bertline.errors import UserError
+
+        raise UserError("train.device is cuda but this process sees no GPU; request GPUs (bertline submit --gpus-per-node, "
+                        "srun --gpus-per-task) or set --train.device cpu")
+    return requested

@@ -16,13 +16,12 @@ from trainer.dist import Placement
 from trainer.schedule import learning_rate
 
 
-def init_distributed(placement: Placement) -> None:
-    """env:// rendezvous from any launcher (DeepSpeed reads no SLURM_* variable itself)."""
+def init_distributed(placement: Placement, device: str) -> None:
+    """env:// rendezvous from any launcher (DeepSpeed reads no SLURM_* variable itself); NCCL on GPUs, gloo on CPU."""
     os.environ.update(placement.environment())
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-    if torch.cuda.is_available():
+    if device == "cuda":
         torch.cuda.set_device(placement.local_rank)
+    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
