@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -148,7 +149,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, PrepareConfig, list
     parser.add_argument("--output", required=True, help="The folder to write shards, manifest.json and COMPLETED into.")
     parser.add_argument("--config", default=None, help="A YAML config (see configs/pipeline/).")
     parser.add_argument("--overwrite", action="store_true", help="Replace a folder that already holds a completed run.")
+    parser.add_argument("--slurm-workers", type=int, default=0, metavar="K",
+                        help="Run on Beam's DaskRunner over K Dask workers started as Slurm jobs (shape: --dask_slurm.*).")
     args, beam_args = parser.parse_known_args(rest)
+    if args.slurm_workers < 0:
+        raise UserError(f"--slurm-workers {args.slurm_workers}: give a number of worker jobs (at least 1), or leave it out")
+    if args.slurm_workers and any(arg.startswith("--runner") for arg in beam_args):
+        raise UserError("--slurm-workers chooses the runner (Beam's DaskRunner on Slurm); drop --runner, or drop --slurm-workers")
     config = load_config(PrepareConfig, args.config, overrides)
     return args, config, check_beam_flags(beam_args)
 
@@ -224,19 +231,30 @@ class Prepared:
 
 def run(argv: list[str]) -> Prepared:
     """Run the job; returns the output folder and the manifest written there."""
+    args, config, beam_args = parse_args(argv)
+    with contextlib.ExitStack() as resources:
+        return _run(args, config, beam_args, resources)
+
+
+def _run(args: argparse.Namespace, config: PrepareConfig, beam_args: list[str], resources: contextlib.ExitStack) -> Prepared:
     import apache_beam as beam
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline import read, transforms, write
 
-    args, config, beam_args = parse_args(argv)
     if not args.input:
         log.info("no --input given: using the built-in corpus (CPython's pydoc topics)")
     patterns = args.input or [default_corpus()]
     ranges, described = read.plan_inputs(patterns, config.input.split_bytes)
     given_tokenizer = read_tokenizer_file(config)
     prepare_output(args.output, args.overwrite)
+    if args.slurm_workers:  # only now that the inputs and the output are known to be good, queue worker jobs
+        from pipeline.dask_slurm import DASK_RUNNER, slurm_cluster
+
+        address = resources.enter_context(slurm_cluster(args.slurm_workers, config.dask_slurm))
+        beam_args = [arg for arg in beam_args if not arg.startswith("--runner=")]  # the default runner was added
+        beam_args += [f"--runner={DASK_RUNNER}", f"--dask_client_address={address}"]
     total_bytes = sum(f["bytes"] for f in described)
     from apache_beam.options.pipeline_options import StandardOptions
 

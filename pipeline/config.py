@@ -113,10 +113,24 @@ class MaskingConfig(Section):
 class OutputConfig(Section):
     """The shard sets written to --output."""
 
-    num_shards: int = Field(8, ge=1, description="Train shards; choose a multiple of nodes × GPUs × loader workers.")
+    num_shards: int = Field(8, ge=1, description="Train shards. Any count suits any number of ranks: the trainer orders samples, not shards; more shards mean smaller files.")
     validation_shards: int = Field(1, ge=1, description="Validation shards.")
     validation_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Share of documents (by stable hash) held out for validation; 0 writes no validation set.")
     samples_per_record: int = Field(256, ge=1, description="Samples packed into one tar record (one group of .npy members).")
+
+
+class SlurmWorkersConfig(Section):
+    """The Dask workers `bertline prepare --slurm-workers K` starts as Slurm jobs (dask-jobqueue's SLURMCluster)."""
+
+    cores: int = Field(1, ge=1, description="CPU cores per worker job (one Dask worker process, this many threads).")
+    memory: str = Field("4GB", description="Memory per worker job, in Dask's notation (4GB, 500MB).")
+    walltime: str = Field("04:00:00", description="Time limit of each worker job; the whole job must finish within it.")
+    partition: str | None = Field(None, description="Slurm partition of the worker jobs (default: the cluster's default).")
+    account: str | None = Field(None, description="Slurm account of the worker jobs.")
+    interface: str | None = Field(None, description="Network interface the scheduler and workers talk over (e.g. ib0); default: the host's address.")
+    start_timeout_s: int = Field(900, ge=10, description="How long to wait for every worker job to start and join.")
+    log_directory: str = Field("~/.cache/bertline/dask-slurm-logs", description="Where the worker jobs' Slurm logs go (on a filesystem the nodes share).")
+    job_extra_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH lines for the worker jobs, e.g. ['--constraint=cpu'].")
 
 
 class PrepareConfig(Section):
@@ -129,3 +143,4 @@ class PrepareConfig(Section):
     pairs: PairsConfig = PairsConfig()
     masking: MaskingConfig = MaskingConfig()
     output: OutputConfig = OutputConfig()
+    dask_slurm: SlurmWorkersConfig = SlurmWorkersConfig()

@@ -489,7 +489,7 @@ class WriteManifestFn(beam.DoFn):
             "token_dtype": schema.token_dtype(tok.vocab_size).name,
         }
         manifest = write.build_manifest(
-            entries, totals, expected, cfg.model_dump(mode="json"), tokenizer_entry,
+            entries, totals, expected, cfg.model_dump(mode="json", exclude={"dask_slurm"}), tokenizer_entry,
             list(self.plan.inputs), self.plan.code_revision,
         )
         write.write_atomically(FileSystems.join(self.plan.output, write.MANIFEST), write.manifest_bytes(manifest))
