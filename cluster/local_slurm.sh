@@ -29,6 +29,8 @@ SlurmctldHost=$HOST
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# A requeued job waits cred_expire seconds (default 120) before it may start again; CI should not.
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -66,10 +68,15 @@ start() {
     exit 1
 }
 
+running() { pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; }
+
 stop() {
     scontrol shutdown >/dev/null 2>&1 || true
-    for _ in $(seq 1 20); do pgrep -x 'slurmctld|slurmd' >/dev/null || break; sleep 0.5; done
+    for _ in $(seq 1 40); do running || break; sleep 0.5; done
+    if running; then pkill -x slurmctld; pkill -x slurmd; sleep 2; fi
+    if running; then pkill -9 -x slurmctld; pkill -9 -x slurmd; sleep 1; fi
     if [ -f /run/munge/munged.pid ]; then kill "$(cat /run/munge/munged.pid)" 2>/dev/null || true; fi
+    for _ in $(seq 1 20); do pgrep -x munged >/dev/null || break; sleep 0.5; done
     echo "local_slurm.sh: stopped"
 }
 
