@@ -11,6 +11,7 @@ commands:
   train     pretrain BERT on those shards with DeepSpeed (ZeRO 0-3; torchrun, deepspeed or srun)
   submit    a training run as a Slurm batch job (srun or deepspeed launch, preemption → requeue → resume)
   export    a training checkpoint → a HuggingFace BERT folder
+  eval      held-out MLM/NSP loss and accuracy of a checkpoint (or HuggingFace folder) on a shard folder
 
 Run `bertline <command> --help` for a command's options."""
 
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.__main__ import main as prepare
 
         return prepare(rest)
+    if command == "eval":
+        from trainer.evaluate import main as evaluate
+
+        return evaluate(rest)
     if command == "export":
         from trainer.export import main as export
 

@@ -62,11 +62,37 @@ def test_export_gives_a_folder_transformers_loads(shards, tmp_path):
     ids = torch.randint(5, 100, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).nsp_logits, hf.eval()(input_ids=ids).seq_relationship_logits, atol=1e-5, rtol=1e-5)
+    # bertline eval scores the step folder and its export alike, and agrees with the trainer's own final eval
+    # (debug_cpu.yaml: eval.batches 10 of micro batch 8, seed 1234).
+    def evaluate(path: Path) -> dict:
+        result = subprocess.run([sys.executable, "-m", "bertline.cli", "eval", str(path), "--shards", str(shards), "--json",
+                                 "--batch-size", "8", "--max-batches", "10", "--seed", "1234"],
+                                capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout)
+
+    step, exported = evaluate(tmp_path / "run" / "checkpoints" / "step00000003"), evaluate(tmp_path / "hf")
+    final = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("mlm_loss", "mlm_accuracy", "nsp_accuracy"):
+        assert step[key] == pytest.approx(exported[key], abs=1e-5) and step[key] == pytest.approx(final[f"eval_{key}"], abs=1e-5)
+    assert step["sequences"] == 80 and step["split"] == "validation"
+    from pipeline.__main__ import main as prepare
+
+    other = tmp_path / "other-shards"  # another tokenizer (a smaller vocabulary)
+    assert prepare(["--output", str(other), "--config", str(ROOT / "configs/pipeline/demo.yaml"), "--tokenizer.vocab_size", "1500"]) == 0
+    for path, message in ((tmp_path / "run" / "checkpoints" / "step00000003", "was trained with another tokenizer"),
+                          (tmp_path / "hf", "has a vocabulary of 2000 but")):
+        result = subprocess.run([sys.executable, "-m", "bertline.cli", "eval", str(path), "--shards", str(other)],
+                                capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr[-1000:]
     incomplete = tmp_path / "run" / "checkpoints" / "step00000099"
     incomplete.mkdir()
     result = subprocess.run([sys.executable, "-m", "bertline.cli", "export", str(incomplete), str(tmp_path / "x")],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 2 and "is not a complete checkpoint" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "bertline.cli", "eval", str(incomplete), "--shards", str(shards)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2 and "is neither a complete training checkpoint" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bad_train_config_and_missing_shards_are_one_sentence(tmp_path):

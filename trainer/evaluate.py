@@ -1,0 +1,105 @@
+"""`bertline eval <checkpoint> --shards <folder>`: held-out MLM loss and accuracy and NSP accuracy of any
+checkpoint — a training step folder (`<run>/checkpoints/stepNNNNNNNN`) or a HuggingFace BERT folder — on a
+shard folder's validation (or train) split, with the shards' static masks, so every model is scored on the
+same masked tokens."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from bertline.errors import UserError, run_command
+from trainer import checkpoint
+from trainer.data import IGNORE_INDEX, LoaderSpec, PretrainingBatches, ShardSet
+
+
+def load_model(path: Path):
+    """(BertForPreTraining, the tokenizer sha256 it was trained with or None) from a step folder or an HF folder."""
+    from model import BertConfig, BertForPreTraining
+    from model.hf import from_pretrained
+
+    if (path / "config.json").exists():
+        return from_pretrained(path), None
+    if not (path / checkpoint.MARKER).exists():
+        raise UserError(f"{path} is neither a complete training checkpoint (no {checkpoint.MARKER} marker) nor a HuggingFace "
+                        f"folder (no config.json); pass <run_dir>/checkpoints/stepNNNNNNNN or an exported folder")
+    from trainer import engine
+
+    described = json.loads((path.parent.parent / "model_config.json").read_text())
+    shards = Path(described.pop("shards"))
+    described.pop("tokenizer_file")
+    model = BertForPreTraining(BertConfig.from_dict(described))
+    missing, unexpected = model.load_state_dict(engine.consolidated_state_dict(str(path.parent), path.name), strict=False)
+    if missing or unexpected:
+        raise UserError(f"checkpoint {path} does not match its run's model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    trained_on = None
+    if (shards / "manifest.json").exists():
+        trained_on = json.loads((shards / "manifest.json").read_text())["tokenizer"]["sha256"]
+    return model, trained_on
+
+
+def evaluate(model, shards: ShardSet, batch_size: int = 64, max_batches: int | None = None, seed: int = 0) -> dict:
+    """Sums over every full batch of the split (or the first max_batches), in the loader's order for `seed`."""
+    loader = PretrainingBatches(shards, LoaderSpec(micro_batch_size=batch_size, world_size=1, rank=0, seed=seed))  # static masks
+    batches = len(loader) if max_batches is None else min(max_batches, len(loader))
+    if batches == 0:
+        raise UserError(f"{shards.folder} has {shards.total_samples} {shards.split} samples, fewer than one batch of {batch_size}; "
+                        f"lower --batch-size")
+    sums = dict.fromkeys(("mlm_loss", "mlm_correct", "masked", "nsp_correct", "sequences"), 0.0)
+    model.eval()
+    with torch.no_grad():
+        for number in range(batches):
+            batch = loader.batch(number, epoch=0, position=0)
+            out = model(**{k: v for k, v in batch.items() if k not in ("sample_index", "sample_id")})
+            count = float((batch["masked_lm_labels"] != IGNORE_INDEX).sum())
+            sums["mlm_loss"] += float(out.mlm_loss) * count
+            sums["mlm_correct"] += float(out.mlm_accuracy) * count
+            sums["masked"] += count
+            sums["nsp_correct"] += float(out.nsp_accuracy) * len(batch["input_ids"])
+            sums["sequences"] += len(batch["input_ids"])
+    return {"split": shards.split, "sequences": int(sums["sequences"]), "masked_tokens": int(sums["masked"]),
+            "mlm_loss": sums["mlm_loss"] / sums["masked"], "mlm_accuracy": sums["mlm_correct"] / sums["masked"],
+            "nsp_accuracy": sums["nsp_correct"] / sums["sequences"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bertline eval", description="Held-out MLM/NSP figures of a checkpoint on a shard folder.")
+    parser.add_argument("checkpoint", type=Path, help="<run_dir>/checkpoints/stepNNNNNNNN, or a HuggingFace BERT folder")
+    parser.add_argument("--shards", type=Path, required=True, help="A folder written by bertline prepare.")
+    parser.add_argument("--split", default="validation", choices=("validation", "train"))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-batches", type=int, default=None, help="Score only the first N batches (default: all).")
+    parser.add_argument("--seed", type=int, default=0, help="Order of the scored samples (the trainer's in-run eval uses its config seed).")
+    parser.add_argument("--json", action="store_true", help="Print one JSON object instead of text.")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    def body() -> int:
+        shards = ShardSet.open(args.shards, split=args.split)
+        with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints while it gathers ZeRO partitions; stdout is the result
+            model, trained_on = load_model(args.checkpoint)
+        if trained_on is not None and trained_on != shards.tokenizer["sha256"]:
+            raise UserError(f"{args.checkpoint} was trained with another tokenizer than {args.shards} uses (sha256 {trained_on[:12]} vs "
+                            f"{shards.tokenizer['sha256'][:12]}); score it on shards prepared with its tokenizer")
+        if model.config.vocab_size != shards.tokenizer["vocab_size"]:
+            raise UserError(f"{args.checkpoint} has a vocabulary of {model.config.vocab_size} but {args.shards} was tokenized with "
+                            f"{shards.tokenizer['vocab_size']}; score it on shards prepared with its tokenizer")
+        figures = {"checkpoint": str(args.checkpoint), "shards": str(args.shards),
+                   **evaluate(model, shards, args.batch_size, args.max_batches, args.seed)}
+        if args.json:
+            print(json.dumps(figures))
+        else:
+            print(f"{args.checkpoint} on {args.shards} ({figures['split']}, {figures['sequences']:,} sequences, "
+                  f"{figures['masked_tokens']:,} masked tokens): mlm loss {figures['mlm_loss']:.4f}, mlm accuracy "
+                  f"{figures['mlm_accuracy']:.4f}, nsp accuracy {figures['nsp_accuracy']:.4f}")
+        return 0
+
+    return run_command("bertline eval", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
