@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import record  # noqa: E402
 
 from model import IGNORE_INDEX, BertConfig, BertForPreTraining  # noqa: E402
 from model.hf import hf_config, to_hf_state_dict  # noqa: E402
@@ -63,6 +64,7 @@ def main() -> int:
     print(f"bench/model.py: forward+backward, batch {BATCH}, sequence {SEQ}, {PREDICTIONS} masked per sequence (15%), "
           f"vocab {VOCAB}, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, transformers {transformers.__version__}")
     print("preset | ours s/batch (median) | HF sdpa s/batch (median) | ours ÷ HF")
+    rows = []
     for preset in args.presets:
         torch.manual_seed(0)
         ours = BertForPreTraining(BertConfig.preset(preset, VOCAB, max_position_embeddings=512)).train()
@@ -78,6 +80,9 @@ def main() -> int:
             reference.append(step_hf(theirs, batch))
         ours_s, hf_s = statistics.median(mine), statistics.median(reference)
         print(f"{preset} | {ours_s:.3f} | {hf_s:.3f} | {ours_s / hf_s:.2f}")
+        rows.append({"preset": preset, "ours_s": ours_s, "hf_s": hf_s, "ratio": ours_s / hf_s})
+    record({"what": "encoder forward+backward vs HuggingFace BertForPreTraining (sdpa), s/batch, CPU",
+            "rows": rows, "ratio": rows[-1]["ratio"], "ratio_of": rows[-1]["preset"], "higher_is_better": False})
     return 0
 
 

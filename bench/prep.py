@@ -29,6 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import record  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
 CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -176,6 +179,10 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    worst = max(r["rss_ratio_4x_to_1x_given"] for r in rows)
+    record({"what": "Beam job: peak RSS on a 4× corpus ÷ on 1× (given tokenizer; memory must not grow with the corpus)",
+            "rows": rows, "ratio": worst, "target": "<= 1.5", "met": worst <= 1.5, "higher_is_better": False,
+            "words_per_cpu_s": {r["corpus"]: r["given_tokenizer_words_per_cpu_s"] for r in rows}})
     return 0
 
 

@@ -181,7 +181,8 @@ class Trainer:
                 "rank0_samples_digest": digest,
                 "loss_scale": engine.loss_scale(self.engine), "skipped_steps": int(self.engine.skipped_steps),
                 "samples_per_s": self.ds_config["train_batch_size"] / seconds, "tokens_per_s": summed["tokens"] / seconds,
-                "model_tflops": summed["flops"] / seconds / 1e12, "mfu": self._mfu(summed["flops"] / seconds)}
+                "model_tflops": summed["flops"] / seconds / 1e12, "mfu": self._mfu(summed["flops"] / seconds),
+                "gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.device(device).type == "cuda" else None}
 
     def _record_samples(self, consumed: list[int]) -> None:
         ranks = [consumed]
