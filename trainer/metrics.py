@@ -36,17 +36,36 @@ class RunLog:
 
 def write_report(run_dir: Path) -> Path:
     """report.md and report.png from metrics.jsonl (all of it, across resumed sessions)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_mlm_loss" in r]
+    try:
+        plotted = _plot(rows, evals, run_dir / "report.png")
+    except ImportError:  # a bare GPU image without matplotlib (bench/gpu_check.sh): the report, without its plot
+        plotted = False
+    last = rows[-1]
+    lines = [f"# Run report: {run_dir}", "", f"- steps: {last['step']}, samples: {last['samples']:,}",
+             f"- final train loss {last['loss']:.4f} (MLM {last['mlm_loss']:.4f}, accuracy {last['mlm_accuracy']:.3f}; "
+             f"NSP accuracy {last['nsp_accuracy']:.3f})",
+             f"- median throughput {sorted(r['samples_per_s'] for r in rows)[len(rows) // 2]:,.1f} samples/s",
+             f"- skipped (fp16 overflow) steps: {last['skipped_steps']}"]
+    if evals:
+        lines.append(f"- validation at step {evals[-1]['step']}: MLM loss {evals[-1]['eval_mlm_loss']:.4f}, "
+                     f"MLM accuracy {evals[-1]['eval_mlm_accuracy']:.3f}, NSP accuracy {evals[-1]['eval_nsp_accuracy']:.3f}")
+    lines += ["", "![loss, accuracy and throughput](report.png)" if plotted else "(no plot: matplotlib is not installed)", ""]
+    (run_dir / "report.md").write_text("\n".join(lines))
+    return run_dir / "report.md"
+
+
+def _plot(rows: list[dict], evals: list[dict], path: Path) -> bool:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows]
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot(steps, [r["loss"] for r in rows], label="train loss")
     axes[0].plot(steps, [r["mlm_loss"] for r in rows], label="train MLM loss")
-    evals = [r for r in rows if "eval_mlm_loss" in r]
     if evals:
         axes[0].plot([r["step"] for r in evals], [r["eval_mlm_loss"] for r in evals], "o-", label="validation MLM loss")
     axes[0].set_title("loss")
@@ -61,17 +80,6 @@ def write_report(run_dir: Path) -> Path:
         axis.set_xlabel("optimizer step")
         axis.legend()
     figure.tight_layout()
-    figure.savefig(run_dir / "report.png", dpi=100)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
-    last = rows[-1]
-    lines = [f"# Run report: {run_dir}", "", f"- steps: {last['step']}, samples: {last['samples']:,}",
-             f"- final train loss {last['loss']:.4f} (MLM {last['mlm_loss']:.4f}, accuracy {last['mlm_accuracy']:.3f}; "
-             f"NSP accuracy {last['nsp_accuracy']:.3f})",
-             f"- median throughput {sorted(r['samples_per_s'] for r in rows)[len(rows) // 2]:,.1f} samples/s",
-             f"- skipped (fp16 overflow) steps: {last['skipped_steps']}"]
-    if evals:
-        lines.append(f"- validation at step {evals[-1]['step']}: MLM loss {evals[-1]['eval_mlm_loss']:.4f}, "
-                     f"MLM accuracy {evals[-1]['eval_mlm_accuracy']:.3f}, NSP accuracy {evals[-1]['eval_nsp_accuracy']:.3f}")
-    lines += ["", "![loss, accuracy and throughput](report.png)", ""]
-    (run_dir / "report.md").write_text("\n".join(lines))
-    return run_dir / "report.md"
+    return True
