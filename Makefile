@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast bench-prep bench-prep-quick bench-read bench-model clean
+.PHONY: install demo test test-fast bench bench-quick bench-prep bench-prep-quick bench-read bench-model clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,18 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Every benchmark, a ratio each, into bench/results/<date>.json and bench/README.md (≈ 30 min; quick: a few).
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/run_all.py
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python bench/run_all.py --quick
 
 bench-prep: $(STAMP)
 	$(BIN)/python bench/prep.py

@@ -8,6 +8,7 @@ to (epoch, position), so the two should cost the same. Target (issue #4): ratio 
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import statistics
@@ -58,6 +59,9 @@ def pretend_step(run_dir: Path, shards: Path, step: int) -> None:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timings of each (the median is printed)")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bertline-resume-") as scratch:
         scratch = Path(scratch)
         shards = scratch / "shards"
@@ -68,7 +72,7 @@ def main() -> int:
             shutil.copytree(scratch / "base", scratch / name)
         pretend_step(scratch / "at10000", shards, 10_000)
         times = {"at10": [], "at10000": []}
-        for _ in range(3):  # interleaved; each run resumes and trains one step, then is reset
+        for _ in range(args.repeats):  # interleaved; each run resumes and trains one step, then is reset
             for name, step in (("at10", 10), ("at10000", 10_000)):
                 run = scratch / f"{name}-try"
                 shutil.rmtree(run, ignore_errors=True)
@@ -77,7 +81,7 @@ def main() -> int:
                 last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
                 assert last["step"] == step + 1, last
     at10, at10000 = statistics.median(times["at10"]), statistics.median(times["at10000"])
-    print("bench/resume.py: wall seconds of a process that resumes and trains one step (median of 3)")
+    print(f"bench/resume.py: wall seconds of a process that resumes and trains one step (median of {args.repeats})")
     print("resumed from | seconds")
     print(f"step 10 | {at10:.2f}")
     print(f"step 10,000 | {at10000:.2f}")
