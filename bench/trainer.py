@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--preset", default="mini")
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
-    engine_module.init_distributed(placement(os.environ))
+    engine_module.init_distributed(placement(os.environ), "cpu")
     torch.manual_seed(0)
     base = BertForPreTraining(BertConfig.preset(args.preset, VOCAB, max_position_embeddings=SEQ))
     data = batch(torch.Generator().manual_seed(1))
