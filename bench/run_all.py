@@ -93,10 +93,12 @@ def chart(results: dict, path: Path) -> None:
     # Every bar as "times better than the baseline": higher is better everywhere on the chart.
     values = [row["ratio"] if row.get("higher_is_better") else 1 / row["ratio"] for _, row in rows]
     figure, axis = plt.subplots(figsize=(8, 0.5 + 0.5 * len(rows)))
-    axis.barh([name for name, _ in rows], values, color=["tab:green" if v >= 1 else "tab:red" for v in values])
+    # Green: the benchmark's target is met; red: missed; grey: no target (the ratio is the finding).
+    colours = [{True: "tab:green", False: "tab:red", None: "tab:grey"}[row.get("met")] for _, row in rows]
+    axis.barh([name for name, _ in rows], values, color=colours)
     axis.axvline(1.0, color="black", linewidth=0.8)
     axis.set_xscale("log")
-    axis.set_xlabel("× better than the baseline measured in the same run (log scale)")
+    axis.set_xlabel("× better than the baseline measured in the same run (log scale; < 1 is a cost)")
     for y, value in enumerate(values):
         axis.text(value, y, f" {value:.2f}×", va="center")
     figure.tight_layout()

@@ -198,7 +198,8 @@ class Trainer:
         return flops_per_s / (peak * 1e12 * self.placement.world_size) if peak else None
 
     def _sum_over_ranks(self, values: dict) -> dict:
-        tensor = torch.tensor(list(values.values()), dtype=torch.float64)
+        # On the engine's device: NCCL reduces only CUDA tensors (gloo, on CPU, takes CPU ones).
+        tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=self.engine.device)
         if self.placement.world_size > 1:
             torch.distributed.all_reduce(tensor)
         return dict(zip(values, tensor.tolist()))
@@ -334,7 +335,7 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
         if run_log is not None:
             run_log.write(metrics)
         stopping = stop_after is not None and trainer.step_number >= stop_after
-        preempted = signals.agreed(placement.world_size)
+        preempted = signals.agreed(placement.world_size, trainer.engine.device)
         if trainer.step_number % config.checkpoint.interval == 0 or last_step or stopping or preempted:
             trainer.save()
         if preempted and not last_step:

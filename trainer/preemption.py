@@ -26,9 +26,10 @@ class StopSignals:
     def _handle(self, number: int, frame) -> None:
         self.received = self.received or signal.Signals(number).name
 
-    def agreed(self, world_size: int) -> bool:
-        """Collective: True on every rank once any rank has a signal, so all stop after the same step."""
-        flag = torch.tensor([1.0 if self.received else 0.0])
+    def agreed(self, world_size: int, device: torch.device | str = "cpu") -> bool:
+        """Collective: True on every rank once any rank has a signal, so all stop after the same step.
+        `device`: where the flag is reduced (NCCL reduces only CUDA tensors)."""
+        flag = torch.tensor([1.0 if self.received else 0.0], device=device)
         if world_size > 1:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
