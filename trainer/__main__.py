@@ -94,24 +94,13 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """MLM loss and accuracy, NSP accuracy over the same validation batches every time (static masks)."""
+        from trainer.evaluate import eval_figures, eval_sums
+
         if self.validation is None:
             return {}
-        sums = {"mlm_sum": 0.0, "mlm_correct": 0.0, "masked": 0.0, "nsp_correct": 0.0, "sequences": 0.0}
-        self.engine.eval()
-        with torch.no_grad():
-            for number in range(min(self.config.eval.batches, len(self.validation))):
-                batch = self.validation.batch(number, epoch=0, position=0)
-                out = self.engine(**{k: v.to(self.engine.device) for k, v in batch.items() if k not in ("sample_index", "sample_id")})
-                count = float((batch["masked_lm_labels"] != IGNORE_INDEX).sum())
-                sums["mlm_sum"] += float(out.mlm_loss) * count
-                sums["mlm_correct"] += float(out.mlm_accuracy) * count
-                sums["masked"] += count
-                sums["nsp_correct"] += float(out.nsp_accuracy) * len(batch["input_ids"])
-                sums["sequences"] += len(batch["input_ids"])
-        self.engine.train()
-        total = self._sum_over_ranks(sums)
-        return {"eval_mlm_loss": total["mlm_sum"] / total["masked"], "eval_mlm_accuracy": total["mlm_correct"] / total["masked"],
-                "eval_nsp_accuracy": total["nsp_correct"] / total["sequences"]}
+        batches = min(self.config.eval.batches, len(self.validation))
+        total = self._sum_over_ranks(eval_sums(self.engine, self.validation, batches, self.engine.device))
+        return {f"eval_{name}": value for name, value in eval_figures(total).items()}
 
     def _next_batch(self) -> dict[str, torch.Tensor]:
         while True:

@@ -43,28 +43,40 @@ def load_model(path: Path):
     return model, trained_on
 
 
-def evaluate(model, shards: ShardSet, batch_size: int = 64, max_batches: int | None = None, seed: int = 0) -> dict:
-    """Sums over every full batch of the split (or the first max_batches), in the loader's order for `seed`."""
-    loader = PretrainingBatches(shards, LoaderSpec(micro_batch_size=batch_size, world_size=1, rank=0, seed=seed))  # static masks
-    batches = len(loader) if max_batches is None else min(max_batches, len(loader))
-    if batches == 0:
-        raise UserError(f"{shards.folder} has {shards.total_samples} {shards.split} samples, fewer than one batch of {batch_size}; "
-                        f"lower --batch-size")
+def eval_sums(model, loader: PretrainingBatches, batches: int, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Sums over the loader's first `batches` batches of epoch 0 (static masks): masked-token MLM loss and hits,
+    masked tokens, NSP hits, sequences. Sums, so that ranks can add theirs before dividing (eval_figures)."""
     sums = dict.fromkeys(("mlm_loss", "mlm_correct", "masked", "nsp_correct", "sequences"), 0.0)
+    was_training = model.training
     model.eval()
     with torch.no_grad():
         for number in range(batches):
             batch = loader.batch(number, epoch=0, position=0)
-            out = model(**{k: v for k, v in batch.items() if k not in ("sample_index", "sample_id")})
+            out = model(**{k: v.to(device) for k, v in batch.items() if k not in ("sample_index", "sample_id")})
             count = float((batch["masked_lm_labels"] != IGNORE_INDEX).sum())
             sums["mlm_loss"] += float(out.mlm_loss) * count
             sums["mlm_correct"] += float(out.mlm_accuracy) * count
             sums["masked"] += count
             sums["nsp_correct"] += float(out.nsp_accuracy) * len(batch["input_ids"])
             sums["sequences"] += len(batch["input_ids"])
-    return {"split": shards.split, "sequences": int(sums["sequences"]), "masked_tokens": int(sums["masked"]),
-            "mlm_loss": sums["mlm_loss"] / sums["masked"], "mlm_accuracy": sums["mlm_correct"] / sums["masked"],
+    model.train(was_training)
+    return sums
+
+
+def eval_figures(sums: dict[str, float]) -> dict[str, float]:
+    return {"mlm_loss": sums["mlm_loss"] / sums["masked"], "mlm_accuracy": sums["mlm_correct"] / sums["masked"],
             "nsp_accuracy": sums["nsp_correct"] / sums["sequences"]}
+
+
+def evaluate(model, shards: ShardSet, batch_size: int = 64, max_batches: int | None = None, seed: int = 0) -> dict:
+    """Every full batch of the split (or the first max_batches), in the loader's order for `seed`."""
+    loader = PretrainingBatches(shards, LoaderSpec(micro_batch_size=batch_size, world_size=1, rank=0, seed=seed))  # static masks
+    batches = len(loader) if max_batches is None else min(max_batches, len(loader))
+    if batches == 0:
+        raise UserError(f"{shards.folder} has {shards.total_samples} {shards.split} samples, fewer than one batch of {batch_size}; "
+                        f"lower --batch-size")
+    sums = eval_sums(model, loader, batches)
+    return {"split": shards.split, "sequences": int(sums["sequences"]), "masked_tokens": int(sums["masked"]), **eval_figures(sums)}
 
 
 def main(argv: list[str] | None = None) -> int:
