@@ -123,8 +123,6 @@ def encode(pairs: list[tuple[str, int]], tokenizer) -> tuple[torch.Tensor, torch
 
 def fine_tune(encoder_state: dict | None, train, test, labels: int, steps: int) -> float:
     """Accuracy on the test paragraphs after `steps` of AdamW (lr 3e-4, batch 32) from our encoder or from scratch."""
-    import transformers
-
     from model import BertConfig
     from model.heads import BertForSequenceClassification
 

@@ -38,8 +38,8 @@ def per_sample_copy(source: Path, target: Path) -> int:
     """The same samples, one tar key each, as a per-sample writer would lay them out."""
     count = 0
     with open(target, "wb") as handle, webdataset.TarWriter(handle, encoder=False, mtime=0) as tar:
-        for record in webdataset.WebDataset(str(source), shardshuffle=False):
-            batch = SampleBatch.from_members({k: v for k, v in record.items() if k.endswith(".npy")})
+        for group in webdataset.WebDataset(str(source), shardshuffle=False):
+            batch = SampleBatch.from_members({k: v for k, v in group.items() if k.endswith(".npy")})
             offsets = np.concatenate([[0], np.cumsum(batch.samples[:, 0])])
             masks = np.concatenate([[0], np.cumsum(batch.samples[:, 3])])
             for i in range(len(batch)):
@@ -56,8 +56,8 @@ def per_sample_copy(source: Path, target: Path) -> int:
 
 def read_records(paths: list[Path]) -> int:
     samples = 0
-    for record in webdataset.WebDataset([str(p) for p in paths], shardshuffle=False):
-        batch = SampleBatch.from_members({k: v for k, v in record.items() if k.endswith(".npy")})
+    for group in webdataset.WebDataset([str(p) for p in paths], shardshuffle=False):
+        batch = SampleBatch.from_members({k: v for k, v in group.items() if k.endswith(".npy")})
         offsets = np.concatenate([[0], np.cumsum(batch.samples[:, 0])])
         for i in range(len(batch)):  # hand out each sample's tokens, as a loader would
             batch.tokens[offsets[i]:offsets[i + 1]]

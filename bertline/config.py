@@ -74,7 +74,7 @@ def _typed(model: type[pydantic.BaseModel], dotted: str, raw: str) -> Any:
     survives), parsed as YAML for the rest (`8`, `0.5`, `true`, `null`, `[a, b]`)."""
     annotation = _field_annotation(model, dotted)
     if annotation is str or annotation == (str | None):
-        return None if annotation != str and raw in ("null", "~") else raw
+        return None if annotation is not str and raw in ("null", "~") else raw
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:

@@ -54,7 +54,7 @@ def test_two_task_job_runs_to_completion_under_sbatch_wait(slurm, shards, tmp_pa
     result = submit(shards, tmp_path / "run", "--train.max_steps", "12", "--wait")
     log = next((tmp_path / "run").glob("slurm-*.log")).read_text()
     assert result.returncode == 0, result.stderr[-2000:] + log[-3000:]
-    assert "2 ranks, srun launch" in log and f"finished with exit code 0" in log
+    assert "2 ranks, srun launch" in log and "finished with exit code 0" in log
     assert [m["step"] for m in metrics(tmp_path / "run")] == list(range(1, 13))
     assert (tmp_path / "run" / "checkpoints" / "step00000012" / "COMPLETE").exists()
 
