@@ -4,6 +4,7 @@
 #   bash bench/gpu_bundle.sh            # here, beforehand: wheels + shards into build/gpu_bundle (≈ 20 MB)
 #   OUT=/some/dir bash bench/gpu_check.sh            # on the GPU machine (needs torch, triton, numpy; no registry)
 #   OUT=/tmp/x bash bench/gpu_check.sh --dry-run      # anywhere with the project's venv: CPU, tiny model
+#   … bench/gpu_check.sh [--dry-run] --compile        # also the base and large runs under torch.compile
 #
 # On the GPU machine it installs the bundle's wheels (deepspeed built without ops, pydantic, PyYAML, …) into
 # $OUT/../site (pip --no-index; unzipped if pip is absent), then runs bench/gpu_check.py, which writes
@@ -21,7 +22,8 @@ if [ "${1:-}" = "--dry-run" ]; then
     elif [ ! -f "$SHARDS/COMPLETED" ]; then
         "$PYTHON" -m pipeline --config configs/pipeline/demo.yaml --output "$SHARDS" --overwrite >"$OUT/prepare.log" 2>&1
     fi
-    exec "$PYTHON" bench/gpu_check.py --out "$OUT" --shards "$SHARDS" --dry-run
+    shift
+    exec "$PYTHON" bench/gpu_check.py --out "$OUT" --shards "$SHARDS" --dry-run "$@"
 fi
 
 PYTHON=${PYTHON:-python3}
@@ -37,4 +39,4 @@ else
 fi
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-"$PYTHON" bench/gpu_check.py --out "$OUT" --shards "$BUNDLE/shards"
+"$PYTHON" bench/gpu_check.py --out "$OUT" --shards "$BUNDLE/shards" "$@"

@@ -58,7 +58,8 @@ class Trainer:
         self.ds_config = deepspeed_config(config, placement.world_size)
         self.load_from = self._checkpoint_to_load() if self.saved else None
         schedule = {**config.schedule.model_dump(), "total_steps": config.train.max_steps}
-        self.engine = engine.build_engine(BertForPreTraining(self.model_config), self.ds_config, schedule, config.optimizer.weight_decay)
+        self.engine = engine.build_engine(BertForPreTraining(self.model_config), self.ds_config, schedule, config.optimizer.weight_decay,
+                                          config.train.compile_backend if config.train.compile else None)
         torch.manual_seed(stable_hash(config.seed, "dropout", placement.rank) % 2**63)  # each rank its own dropout
         masking = MaskingSpec.for_tokenizer(
             shards.tokenizer["special_ids"], shards.tokenizer["vocab_size"],

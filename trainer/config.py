@@ -57,6 +57,8 @@ class TrainSection(Section):
     gradient_clipping: float = Field(1.0, ge=0.0, description="Max global gradient norm; 0 disables (DeepSpeed's own default is 1.0).")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="fp16 uses dynamic loss scaling.")
     zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage.")
+    compile: bool = Field(False, description="torch.compile the model inside the engine (GPUs: faster steps after the first few, which compile).")
+    compile_backend: str = Field("inductor", description="torch.compile backend (inductor; eager checks the graph capture without code generation).")
     offload_optimizer: bool = Field(False, description="Keep optimizer state in CPU memory (ZeRO 2/3).")
     initial_scale_power: int = Field(16, ge=0, le=64, description="fp16: the first loss scale is 2**this.")
     loss_scale_window: int = Field(1000, ge=1, description="fp16: steps without overflow before the scale doubles.")
@@ -116,6 +118,8 @@ class TrainConfig(Section):
             raise ValueError("train.precision=fp16 with train.zero_stage=0 trains with wrongly scaled updates in DeepSpeed 0.19 (its PR #8393); use zero_stage >= 1")
         if self.optimizer.name == "lamb" and self.train.zero_stage > 0:
             raise ValueError("optimizer.name=lamb needs train.zero_stage=0: LAMB's layer-wise trust ratio is wrong on ZeRO partitions")
+        if self.train.compile and self.train.zero_stage == 3:
+            raise ValueError("train.compile with train.zero_stage=3 fails: torch.compile traces ZeRO-3's partitioned (empty) parameters; use zero_stage <= 2 or leave compile off")
         if self.train.offload_optimizer and self.train.zero_stage < 2:
             raise ValueError("train.offload_optimizer needs train.zero_stage 2 or 3")
         return self

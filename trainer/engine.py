@@ -31,8 +31,9 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(model: BertForPreTraining, ds_config: dict, schedule: dict, weight_decay: float):
-    """DeepSpeed engine with our LR schedule (a pure function of the step) as a LambdaLR."""
+def build_engine(model: BertForPreTraining, ds_config: dict, schedule: dict, weight_decay: float, compile_backend: str | None = None):
+    """DeepSpeed engine with our LR schedule (a pure function of the step) as a LambdaLR; compiled with
+    torch.compile's `compile_backend` when one is given."""
     peak = ds_config["optimizer"]["params"]["lr"]
 
     def scheduler(optimizer):
@@ -41,6 +42,8 @@ def build_engine(model: BertForPreTraining, ds_config: dict, schedule: dict, wei
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=parameter_groups(model, weight_decay), config=ds_config, lr_scheduler=scheduler
     )
+    if compile_backend is not None:
+        engine.compile(backend=compile_backend)
     return engine
 
 

@@ -17,12 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_dry_run_rehearses_every_step(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "BUNDLE": str(tmp_path / "no-bundle")}
-    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--compile"], capture_output=True, text=True,
                             cwd=ROOT, env=env, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert report["dry_run"] and report["device"] == "cpu"
-    for run in ("base_zero2_fp16", "large_zero3_bf16"):
+    for run in ("base_zero2_fp16", "large_zero3_bf16", "base_zero2_fp16_compiled", "large_zero2_bf16_compiled"):
         assert report[run]["sequences_per_s"] > 0 and report[run]["tokens_per_s"] > 0, report[run]
     assert report["resume"]["identical"], report["resume"]
     overflow = report["fp16_overflow"]

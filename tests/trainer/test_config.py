@@ -30,6 +30,7 @@ def test_fp16_block_carries_the_loss_scaling_settings():
     ({"optimizer.name": "lamb", "train.zero_stage": "2"}, "trust ratio is wrong on ZeRO partitions"),
     ({"train.offload_optimizer": "true", "train.zero_stage": "1"}, "needs train.zero_stage 2 or 3"),
     ({"train.max_step": "5"}, "unknown config key 'train.max_step'"),
+    ({"train.compile": "true", "train.zero_stage": "3"}, "torch.compile traces ZeRO-3's partitioned (empty) parameters"),
 ])
 def test_combinations_deepspeed_cannot_honour_are_one_sentence(overrides, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
