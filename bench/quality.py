@@ -164,8 +164,8 @@ def main() -> int:
     if not (CORPORA / "README.md").exists():
         print(f"bench/quality.py: skipped, the shared corpora are not at {CORPORA}")
         return 0
-    steps = 16 if args.quick else 150
-    warmup, fine_tune_steps = max(1, steps // 10), 30 if args.quick else 150
+    steps = 12 if args.quick else 150
+    warmup, fine_tune_steps = max(1, steps // 10), 20 if args.quick else 150
     from trainer.evaluate import evaluate, load_model
     from trainer.data import ShardSet
     from model.hf import from_pretrained

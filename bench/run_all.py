@@ -26,7 +26,7 @@ BEGIN, END = "<!-- make bench: table begins -->", "<!-- make bench: table ends -
 BENCHMARKS = {
     "prep": ([], ["--quick"]),
     "read_shards": ([], []),
-    "model": (["--presets", "tiny", "small", "base"], ["--presets", "tiny", "--repeats", "2"]),
+    "model": (["--presets", "tiny", "small", "base"], ["--presets", "tiny", "--repeats", "1"]),
     "loader": ([], []),
     "trainer": (["--steps", "20"], ["--steps", "4"]),
     "resume": ([], ["--repeats", "1"]),

@@ -4,7 +4,7 @@
         [--partition gpu] [--account proj] [--dotted.key value …] [--dry-run] [--wait]
 
 It checks what can be checked before queueing (the config, the batch arithmetic for this many ranks, the
-shards, the run folder), renders cluster/sbatch.sh.j2, and writes into `<run_dir>/submit/` the script, the
+shards, the run folder), renders cluster/sbatch.sh.j2, and writes into `<run_dir>/submit/<time>/` the script, the
 resolved config, the code revision and a copy of the code, so that a requeued job runs exactly what was
 submitted. Then `sbatch` queues it. `--dry-run` prints the script and changes nothing.
 """
@@ -29,7 +29,7 @@ from bertline.errors import UserError, run_command
 from trainer import checkpoint
 from trainer.config import TrainConfig, deepspeed_config
 from trainer.data import ShardSet, batches_per_epoch
-from trainer.preemption import REQUEUE_EXIT_CODE
+from trainer.preemption import REQUEUE_EXIT_CODE, STOP_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = Path(__file__).with_name("sbatch.sh.j2")
@@ -50,6 +50,8 @@ class Job:
     partition: str | None = None
     account: str | None = None
     job_name: str | None = None
+    # Each submission gets its own folder: a resubmission must not rewrite the code of a job still queued or running.
+    stamp: str = dataclasses.field(default_factory=lambda: datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
 
     @property
     def world_size(self) -> int:
@@ -61,12 +63,15 @@ class Job:
 
     @property
     def submit_dir(self) -> Path:
-        return self.run_dir / "submit"
+        return self.run_dir / "submit" / self.stamp
 
 
 def check(job: Job) -> None:
     """Everything that would otherwise fail only once the job starts, as one sentence each."""
     config, where = job.config, job.config_name
+    if re.search(r"[\s'\"#\\]", str(job.run_dir)):
+        raise UserError(f"run_dir {str(job.run_dir)!r} holds a space, quote, # or backslash, which #SBATCH lines cannot carry; "
+                        f"choose a plain path")
     if not _TIME.match(job.time):
         raise UserError(f"--time {job.time!r} is not a Slurm time limit; write HH:MM:SS or D-HH:MM:SS")
     if config.train.device == "cuda" and job.gpus_per_node == 0:
@@ -117,12 +122,13 @@ def render(job: Job, revision_text: str) -> str:
         mem_gb=slurm.mem_per_task_gb * job.tasks_per_node, signal_seconds=slurm.signal_seconds,
         run_dir=shlex.quote(str(job.run_dir)), submit_dir=shlex.quote(str(job.submit_dir)),
         code_dir=shlex.quote(str(job.submit_dir / "code")), config_file=shlex.quote(str(job.submit_dir / "config.yaml")),
+        stop_file=shlex.quote(str(job.run_dir / STOP_FILE)),
         python=shlex.quote(sys.executable), requeue_exit_code=REQUEUE_EXIT_CODE,
     )
 
 
 def record(job: Job, script: str, revision_text: str) -> Path:
-    """Write the script, the resolved config, the revision and a copy of the code into <run_dir>/submit."""
+    """Write the script, the resolved config, the revision and a copy of the code into <run_dir>/submit/<stamp>."""
     submit = job.submit_dir
     submit.mkdir(parents=True, exist_ok=True)
     code = submit / "code"
@@ -181,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("sbatch is not on PATH: run bertline submit on a Slurm login node, or add --dry-run to print the script")
         path = record(job, script, revision_text)
         command = [sbatch, "--parsable", *(["--wait"] if args.wait else []), str(path)]
+        if args.wait and shutil.which("stdbuf"):  # sbatch --wait buffers its job id into a pipe until the job ends
+            command = ["stdbuf", "-oL", *command]
         result = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         job_id = result.stdout.readline().strip().split(";")[0]
         if job_id:

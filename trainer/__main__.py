@@ -42,7 +42,12 @@ class Trainer:
         self.config, self.placement = config, placement
         self.run_dir = Path(config.run_dir)
         self.checkpoints = self.run_dir / "checkpoints"
-        self.saved = checkpoint.newest(self.checkpoints) if resume == "auto" else None
+        # Rank 0 decides which checkpoint to resume and tells the others: ranks listing a shared filesystem
+        # on their own can disagree (NFS attribute caches), and then their collectives would not match.
+        decision = [checkpoint.newest(self.checkpoints) if resume == "auto" and placement.rank == 0 else None]
+        if placement.world_size > 1:
+            torch.distributed.broadcast_object_list(decision, src=0)
+        self.saved = decision[0]
         shards = ShardSet.open(config.data.shards)
         if shards.max_seq_length > config.model.max_position_embeddings:
             raise UserError(
@@ -109,7 +114,8 @@ class Trainer:
                 # A private generator: DataLoader draws a base seed when an iterator starts, and drawing it
                 # from the global RNG would shift the dropout stream of a resumed run.
                 self._batches = iter(torch.utils.data.DataLoader(
-                    self.loader, batch_size=None, num_workers=self.config.data.num_workers, generator=torch.Generator()
+                    self.loader, batch_size=None, num_workers=self.config.data.num_workers, generator=torch.Generator(),
+                    worker_init_fn=preemption.ignore_in_worker,
                 ))
             batch = next(self._batches, None)
             if batch is not None:
@@ -295,6 +301,8 @@ def print_summary(trainer: Trainer) -> None:
 
 
 def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> int:
+    # First: a preemption signal during the slow start-up (imports, rendezvous) must not kill the rank.
+    signals = preemption.StopSignals(Path(config.run_dir) / preemption.STOP_FILE)
     placement = dist.placement(os.environ)
     device = dist.resolve_device(config.train.device, torch.cuda.is_available())
     if device == "cpu":
@@ -302,13 +310,14 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
     from trainer import engine
 
     engine.init_distributed(placement, device)
-    signals = preemption.StopSignals()  # kept to the end: a TERM while another rank winds down must not kill this one
-    trainer = Trainer(config, placement, resume)
+    trainer = Trainer(config, placement, resume)  # the handlers stay to the end: a TERM while winding down must not kill a rank
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0))
     if restarts and placement.rank == 0:
         log.info("requeued Slurm job (SLURM_RESTART_COUNT=%d): %s", restarts,
                  f"resuming from step {trainer.saved.step}" if trainer.saved else "no complete checkpoint, starting over")
     trainer.resume()
+    if placement.rank == 0:
+        signals.clear_stop_file()
     run_log = RunLog(trainer.run_dir, tensorboard=config.tensorboard) if placement.rank == 0 else None
     at_min_scale, exit_code = 0, 0
     progress = tqdm(total=config.train.max_steps, initial=trainer.step_number, unit="step", dynamic_ncols=True,
@@ -325,12 +334,12 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
         if run_log is not None:
             run_log.write(metrics)
         stopping = stop_after is not None and trainer.step_number >= stop_after
-        preempted = signals.agreed(placement.world_size, trainer.engine.device)
+        preempted = signals.agreed(placement.world_size, trainer.engine.device, placement.rank)
         if trainer.step_number % config.checkpoint.interval == 0 or last_step or stopping or preempted:
             trainer.save()
         if preempted and not last_step:
             log.info("%s received: checkpointed step %d; exiting with code %d so the job is requeued and resumes here",
-                     signals.received or "a stop signal on another rank", trainer.step_number, preemption.REQUEUE_EXIT_CODE)
+                     signals.received or "a stop on another rank", trainer.step_number, preemption.REQUEUE_EXIT_CODE)
             exit_code = preemption.REQUEUE_EXIT_CODE
             break
         if stopping:

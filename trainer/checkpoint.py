@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import re
 import shutil
@@ -52,7 +53,10 @@ class Saved:
 
 def mark_complete(folder: Path, step: int, world_size: int, zero_stage: int) -> None:
     marker = {"step": step, "world_size": world_size, "zero_stage": zero_stage}
-    (folder / tag(step) / MARKER).write_text(json.dumps(marker) + "\n")
+    path = folder / tag(step) / MARKER
+    partial = path.with_name(MARKER + ".partial")  # written whole, then renamed: a marker is never half there
+    partial.write_text(json.dumps(marker) + "\n")
+    os.replace(partial, path)
 
 
 def newest(folder: Path) -> Saved | None:

@@ -31,7 +31,7 @@ def test_dry_run_prints_a_valid_script_for_each_launcher(shards, tmp_path):
         script = result.stdout
         for expected in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=8", "#SBATCH --time=24:00:00", "#SBATCH --partition=gpu",
                          "#SBATCH --account=proj", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300", "export OMP_NUM_THREADS=8",
-                         "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1", line, f"--config {tmp_path}/run/submit/config.yaml"):
+                         "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1", line, f"--config {tmp_path}/run/submit/"):
             assert expected in script, (launcher, expected)
         syntax = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
         assert syntax.returncode == 0, syntax.stderr
@@ -46,10 +46,12 @@ def test_dry_run_prints_a_valid_script_for_each_launcher(shards, tmp_path):
     ("batch sizes that do not multiply out", ["--config", CPU, "--nodes", "2", "--time", "1:00:00", "--train.global_batch_size", "8"],
      "train.global_batch_size=8 but data.micro_batch_size (8) × train.gradient_accumulation_steps (1) × world size (2) = 16"),
     ("a time limit Slurm cannot read", ["--config", CPU, "--nodes", "1", "--time", "1h"], "is not a Slurm time limit"),
+    ("a run folder #SBATCH cannot carry", ["--config", CPU, "--nodes", "1", "--time", "1:00:00", "--run_dir", "/tmp/my runs/a"],
+     "holds a space, quote, # or backslash"),
     ("an unknown config key", ["--config", CPU, "--nodes", "1", "--time", "1:00:00", "--slurm.cpus", "4"], "unknown config key 'slurm.cpus'"),
 ])
 def test_refusals_are_one_sentence(shards, tmp_path, case, args, message):
-    result = submit(*args, "--data.shards", str(shards), "--run_dir", str(tmp_path / "run"), "--dry-run")
+    result = submit("--data.shards", str(shards), "--run_dir", str(tmp_path / "run"), *args, "--dry-run")
     assert result.returncode == 2, (case, result.stdout[-500:], result.stderr[-2000:])
     assert message in result.stderr and "Traceback" not in result.stderr, (case, result.stderr)
     assert len(result.stderr.strip().splitlines()) == 1, (case, result.stderr)
@@ -90,7 +92,8 @@ def test_records_land_in_the_run_folder(shards, tmp_path):
     job = Job(config, CPU, nodes=1, gpus_per_node=0, tasks_per_node=2, time="0:10:00")
     check(job)
     path = record(job, render(job, revision()), revision())
-    submitted = tmp_path / "run" / "submit"
+    submitted = job.submit_dir
+    assert submitted.parent == tmp_path / "run" / "submit"  # one folder per submission
     assert path == submitted / "job.sbatch" and os.access(path, os.X_OK)
     assert (submitted / "code" / "trainer" / "__main__.py").read_text() == (ROOT / "trainer" / "__main__.py").read_text()
     resolved = load_config(TrainConfig, str(submitted / "config.yaml"), {})

@@ -284,3 +284,24 @@ def test_compiled_engine_trains_the_same_and_its_checkpoint_loads(shards, tmp_pa
     result = subprocess.run([sys.executable, "-m", "bertline.cli", "eval", str(tmp_path / "compiled" / "checkpoints" / "step00000003"),
                              "--shards", str(shards), "--max-batches", "2", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0 and json.loads(result.stdout)["sequences"] == 128, result.stderr[-2000:]
+
+
+def test_stop_file_checkpoints_exits_75_and_the_next_run_resumes(shards, tmp_path):
+    """<run_dir>/STOP (what the deepspeed launch mode's job script touches, or a user) stops the run after the
+    current step with a checkpoint and exit code 75; the next run removes it and continues."""
+    import time
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "trainer", "--config", str(ROOT / "configs/train/debug_cpu.yaml"), "--data.shards", str(shards),
+               "--run_dir", str(run), "--train.max_steps", "12", "--checkpoint.interval", "100"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 3):
+        time.sleep(0.05)
+    (run / "STOP").touch()
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 75, err[-2000:]
+    stopped = max(int(p.name[4:]) for p in (run / "checkpoints").glob("step*"))
+    assert 3 <= stopped < 12 and "STOP received: checkpointed step" in err
+    resumed = _train(shards, run, "--train.max_steps", "12", "--checkpoint.interval", "100")
+    assert [m["step"] for m in resumed] == list(range(1, 13)) and not (run / "STOP").exists()
