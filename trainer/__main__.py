@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -212,6 +213,12 @@ class Trainer:
             rng = [checkpoint.rng_state()]
         client = {"loader": self.loader.state_dict(), "rng": rng, "train": {"step": self.step_number, "samples": self.samples},
                   "model_fingerprint": self.model_config.fingerprint()}
+        folder = self.checkpoints / checkpoint.tag(self.step_number)
+        if self.placement.rank == 0 and folder.exists() and not (folder / checkpoint.MARKER).exists():
+            # Half-written by a killed run, perhaps with another world size: its per-rank files must not mix with ours.
+            shutil.rmtree(folder)
+        if self.placement.world_size > 1:
+            torch.distributed.barrier()
         engine.save(self.engine, str(self.checkpoints), checkpoint.tag(self.step_number), client)
         if self.placement.world_size > 1:
             torch.distributed.barrier()

@@ -305,3 +305,14 @@ def test_stop_file_checkpoints_exits_75_and_the_next_run_resumes(shards, tmp_pat
     assert 3 <= stopped < 12 and "STOP received: checkpointed step" in err
     resumed = _train(shards, run, "--train.max_steps", "12", "--checkpoint.interval", "100")
     assert [m["step"] for m in resumed] == list(range(1, 13)) and not (run / "STOP").exists()
+
+
+def test_a_half_written_step_folder_is_replaced_not_mixed(shards, tmp_path):
+    """A killed run can leave a step folder without its marker, holding another world size's per-rank files;
+    the next save of that step starts from an empty folder."""
+    run = tmp_path / "run"
+    stale = run / "checkpoints" / "step00000002"
+    stale.mkdir(parents=True)
+    (stale / "zero_pp_rank_7_mp_rank_00_optim_states.pt").write_bytes(b"from a 8-rank run")
+    _train(shards, run, "--train.max_steps", "2")
+    assert (stale / "COMPLETE").exists() and not (stale / "zero_pp_rank_7_mp_rank_00_optim_states.pt").exists()
