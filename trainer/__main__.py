@@ -27,7 +27,7 @@ from pipeline.masking import MaskingSpec
 from pipeline.rng import stable_hash
 from trainer import checkpoint, dist, preemption
 from trainer.config import TrainConfig, deepspeed_config
-from trainer.data import IGNORE_INDEX, LoaderSpec, PretrainingBatches, ShardSet
+from trainer.data import IGNORE_INDEX, LoaderSpec, PretrainingBatches, ShardSet, model_inputs
 from trainer.metrics import RunLog, write_report
 
 log = logging.getLogger("bertline.trainer")
@@ -145,7 +145,7 @@ class Trainer:
         masked = max(1.0, self._sum_over_ranks({"masked": float(sum(counts))})["masked"])
         totals = {"mlm_sum": 0.0, "nsp_loss": 0.0, "mlm_correct": 0.0, "nsp_accuracy": 0.0}
         for batch, count in zip(micro_batches, counts):
-            out = self.engine(**{k: v.to(device) for k, v in batch.items() if k not in ("sample_index", "sample_id")})
+            out = self.engine(**model_inputs(batch, device))
             self.engine.backward(out.mlm_loss * (count * accumulation * world / masked) + out.nsp_loss)
             try:
                 self.engine.step()
@@ -181,11 +181,16 @@ class Trainer:
                 "model_tflops": summed["flops"] / seconds / 1e12, "mfu": self._mfu(summed["flops"] / seconds),
                 "gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.device(device).type == "cuda" else None}
 
+    def _from_every_rank(self, value) -> list:
+        """Collective: every rank's `value`, in rank order."""
+        if self.placement.world_size == 1:
+            return [value]
+        values = [None] * self.placement.world_size
+        torch.distributed.all_gather_object(values, value)
+        return values
+
     def _record_samples(self, consumed: list[int]) -> None:
-        ranks = [consumed]
-        if self.placement.world_size > 1:
-            ranks = [None] * self.placement.world_size
-            torch.distributed.all_gather_object(ranks, consumed)
+        ranks = self._from_every_rank(consumed)
         if self.placement.rank == 0:
             with open(self.run_dir / "samples.jsonl", "a") as out:
                 out.write(json.dumps({"step": self.step_number + 1, "epoch": self.loader.epoch, "sample_ids": ranks}) + "\n")
@@ -206,12 +211,7 @@ class Trainer:
         it counts once rank 0 has written the marker, after every rank finished writing."""
         from trainer import engine
 
-        rng = [None] * self.placement.world_size
-        if self.placement.world_size > 1:
-            torch.distributed.all_gather_object(rng, checkpoint.rng_state())
-        else:
-            rng = [checkpoint.rng_state()]
-        client = {"loader": self.loader.state_dict(), "rng": rng, "train": {"step": self.step_number, "samples": self.samples},
+        client = {"loader": self.loader.state_dict(), "rng": self._from_every_rank(checkpoint.rng_state()), "train": {"step": self.step_number, "samples": self.samples},
                   "model_fingerprint": self.model_config.fingerprint()}
         folder = self.checkpoints / checkpoint.tag(self.step_number)
         if self.placement.rank == 0 and folder.exists() and not (folder / checkpoint.MARKER).exists():

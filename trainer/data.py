@@ -187,6 +187,14 @@ def collate(batch: schema.SampleBatch, sample_index: np.ndarray, max_predictions
     }
 
 
+BOOKKEEPING = ("sample_index", "sample_id")  # batch entries that say which samples these are; not model inputs
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A collated batch as the model's keyword arguments, on `device`."""
+    return {k: v.to(device) for k, v in batch.items() if k not in BOOKKEEPING}
+
+
 def remask(batch: schema.SampleBatch, sample_index: np.ndarray, seed: int, epoch: int, spec: MaskingSpec) -> schema.SampleBatch:
     """Fresh masks from the original tokens, seeded per (seed, epoch, global sample index)."""
     offsets = np.concatenate([[0], np.cumsum(batch.samples[:, 0])])

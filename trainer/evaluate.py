@@ -15,28 +15,20 @@ import torch
 
 from bertline.errors import UserError, run_command
 from trainer import checkpoint
-from trainer.data import IGNORE_INDEX, LoaderSpec, PretrainingBatches, ShardSet
+from trainer.data import IGNORE_INDEX, LoaderSpec, PretrainingBatches, ShardSet, model_inputs
 
 
 def load_model(path: Path):
     """(BertForPreTraining, the tokenizer sha256 it was trained with or None) from a step folder or an HF folder."""
-    from model import BertConfig, BertForPreTraining
     from model.hf import from_pretrained
+    from trainer.export import load_step
 
     if (path / "config.json").exists():
         return from_pretrained(path), None
     if not (path / checkpoint.MARKER).exists():
         raise UserError(f"{path} is neither a complete training checkpoint (no {checkpoint.MARKER} marker) nor a HuggingFace "
                         f"folder (no config.json); pass <run_dir>/checkpoints/stepNNNNNNNN or an exported folder")
-    from trainer import engine
-
-    described = json.loads((path.parent.parent / "model_config.json").read_text())
-    shards = Path(described.pop("shards"))
-    described.pop("tokenizer_file")
-    model = BertForPreTraining(BertConfig.from_dict(described))
-    missing, unexpected = model.load_state_dict(engine.consolidated_state_dict(str(path.parent), path.name), strict=False)
-    if missing or unexpected:
-        raise UserError(f"checkpoint {path} does not match its run's model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model, shards, _ = load_step(path)
     trained_on = None
     if (shards / "manifest.json").exists():
         trained_on = json.loads((shards / "manifest.json").read_text())["tokenizer"]["sha256"]
@@ -52,7 +44,7 @@ def eval_sums(model, loader: PretrainingBatches, batches: int, device: torch.dev
     with torch.no_grad():
         for number in range(batches):
             batch = loader.batch(number, epoch=0, position=0)
-            out = model(**{k: v.to(device) for k, v in batch.items() if k not in ("sample_index", "sample_id")})
+            out = model(**model_inputs(batch, device))
             count = float((batch["masked_lm_labels"] != IGNORE_INDEX).sum())
             sums["mlm_loss"] += float(out.mlm_loss) * count
             sums["mlm_correct"] += float(out.mlm_accuracy) * count

@@ -11,21 +11,27 @@ from bertline.errors import UserError, run_command
 from trainer import checkpoint
 
 
-def export(step_folder: Path, output: Path) -> Path:
+def load_step(step_folder: Path):
+    """(BertForPreTraining with the step's gathered fp32 weights, the run's shard folder, its tokenizer file name)."""
     from model import BertConfig, BertForPreTraining
-    from model.hf import save_pretrained
     from trainer import engine
 
     if not (step_folder / checkpoint.MARKER).exists():
         raise UserError(f"{step_folder} is not a complete checkpoint (no {checkpoint.MARKER} marker); pick a finished step")
-    run_dir = step_folder.parent.parent
-    described = json.loads((run_dir / "model_config.json").read_text())
+    described = json.loads((step_folder.parent.parent / "model_config.json").read_text())
     shards, tokenizer_file = Path(described.pop("shards")), described.pop("tokenizer_file")
     model = BertForPreTraining(BertConfig.from_dict(described))
     state = engine.consolidated_state_dict(str(step_folder.parent), step_folder.name)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint {step_folder} does not match its run's model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model, shards, tokenizer_file
+
+
+def export(step_folder: Path, output: Path) -> Path:
+    from model.hf import save_pretrained
+
+    model, shards, tokenizer_file = load_step(step_folder)
     files = [shards / tokenizer_file] if (shards / tokenizer_file).exists() else []
     return save_pretrained(model, output, tokenizer_files=tuple(files))
 
