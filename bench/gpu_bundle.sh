@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build what bench/gpu_check.sh brings to a GPU machine that has torch, triton and numpy but no package
 # registry: build/gpu_bundle/wheels (deepspeed as a pure-Python wheel — its ops compile there just in time if
-# used — and the trainer's other dependencies, binary ones for CPython 3.10–3.13) and build/gpu_bundle/shards
+# used — and the trainer's other dependencies, binary ones for CPython 3.10–3.14) and build/gpu_bundle/shards
 # (the built-in corpus with bert-base-uncased's 30,522-entry WordPiece vocab at sequence 128). Needs the
 # project's venv and PyPI; takes about a minute.
 set -euo pipefail
@@ -18,7 +18,7 @@ for name in $pure; do
     "$PIP" download --quiet --no-deps --only-binary=:all: "$name==$(version "$name")" -d "$BUNDLE/wheels"
 done
 binary="pydantic_core PyYAML msgpack psutil ninja"
-for python in 3.10 3.11 3.12 3.13; do
+for python in 3.10 3.11 3.12 3.13 3.14; do
     for name in $binary; do
         "$PIP" download --quiet --no-deps --only-binary=:all: --implementation cp --python-version "$python" \
             --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \

@@ -1,9 +1,10 @@
-"""`python -m trainer`, with two switches the GPU check needs and the trainer must never have:
+"""`python -m trainer`, with two switches the GPU check and the fp16 tests need and the trainer must never have:
 
-    python bench/gpu_run.py [--inject-inf-at N] [--force-fp16-on-cpu] <bertline train arguments…>
+    python bench/gpu_run.py [--inject-inf-at N|always] [--force-fp16-on-cpu] <bertline train arguments…>
 
 --inject-inf-at N   multiply the gradient of the first parameter by inf in the N-th backward pass (an fp16
-                    overflow: DeepSpeed must skip that step and lower the loss scale);
+                    overflow: DeepSpeed must skip that step and lower the loss scale), or in every one
+                    (`always`: the scale must fall to its minimum and the run stop in one sentence);
 --force-fp16-on-cpu the dry run only: DeepSpeed refuses fp16 on most CPUs (FACTS), so the CPU rehearsal of
                     the fp16 steps tells its accelerator that fp16 is supported, as the tests do.
 """
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> int:
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--inject-inf-at", type=int, default=None)
+    parser.add_argument("--inject-inf-at", default=None, help="N (1-based backward pass) or always")
     parser.add_argument("--force-fp16-on-cpu", action="store_true")
     switches, rest = parser.parse_known_args()
     if switches.force_fp16_on_cpu:
@@ -37,7 +38,8 @@ def main() -> int:
 
             def hook(grad):
                 calls["n"] += 1
-                return grad * float("inf") if calls["n"] == switches.inject_inf_at else grad
+                hit = switches.inject_inf_at == "always" or calls["n"] == int(switches.inject_inf_at)
+                return grad * float("inf") if hit else grad
 
             next(built.module.parameters()).register_hook(hook)
             return built

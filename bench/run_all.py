@@ -26,7 +26,7 @@ BEGIN, END = "<!-- make bench: table begins -->", "<!-- make bench: table ends -
 BENCHMARKS = {
     "prep": ([], ["--quick"]),
     "read_shards": ([], []),
-    "model": (["--presets", "tiny", "small", "base"], ["--presets", "tiny", "--repeats", "1"]),
+    "model": (["--presets", "tiny", "small", "base", "--repeats", "3"], ["--presets", "tiny", "--repeats", "1"]),
     "loader": ([], []),
     "trainer": (["--steps", "20"], ["--steps", "4"]),
     "resume": ([], ["--repeats", "1"]),
@@ -76,10 +76,13 @@ def table(results: dict, meta: dict) -> str:
         lines.append(f"| `{row['command']}` | {row.get('what', '')} | {ratio} | {row.get('target', '')} | {met} | {row['seconds']:.0f} |")
     quality = results.get("quality", {})
     if "ours_eval" in quality:
+        downstream = quality["downstream"]
+        wins = "yes" if downstream["pretrained"] > downstream["random_init"] else "**no**"
         lines += ["", f"Learning quality ({quality['steps']} steps): held-out MLM accuracy bertline "
                   f"{quality['ours_eval']['mlm_accuracy']:.4f} vs HF {quality['hf_eval']['mlm_accuracy']:.4f}; downstream "
-                  f"book classification: pretrained {quality['downstream']['pretrained']:.3f} vs random init "
-                  f"{quality['downstream']['random_init']:.3f}. Loss curves: [{quality['plot']}]({quality['plot'].removeprefix('bench/')})."]
+                  f"book classification: pretrained ({downstream.get('pretrain_steps', quality['steps'])} steps) "
+                  f"{downstream['pretrained']:.3f} vs random init {downstream['random_init']:.3f} (pretrained wins: {wins}). "
+                  f"Loss curves: [{quality['plot']}]({quality['plot'].removeprefix('bench/')})."]
     return "\n".join(lines)
 
 

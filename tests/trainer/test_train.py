@@ -182,29 +182,13 @@ def test_gradient_accumulation_matches_a_bigger_micro_batch(shards, tmp_path):
     assert accumulated[0]["loss"] == pytest.approx(single[0]["loss"], abs=1e-4)
 
 
-FP16_CHILD = """
-import os, sys
-from deepspeed.accelerator import get_accelerator
-get_accelerator().is_fp16_supported = lambda: True  # TEST ONLY: this CPU says no; DeepSpeed's fp16 engine runs anyway
-import trainer.engine as engine
-build = engine.build_engine
-def build_with_inf(*args, **kwargs):
-    built = build(*args, **kwargs)
-    calls = {"n": 0}
-    every = os.environ.get("INJECT_INF") == "always"
-    def hook(grad):  # an inf gradient in the third backward pass only (or in every one)
-        calls["n"] += 1
-        return grad * float("inf") if every or calls["n"] == 3 else grad
-    next(built.module.parameters()).register_hook(hook)
-    return built
-engine.build_engine = build_with_inf
-from trainer.__main__ import main
-sys.exit(main(sys.argv[1:]))
-"""
+# The fault-injecting trainer the GPU check uses: this CPU says fp16 is unsupported (DeepSpeed's fp16 engine
+# runs anyway), and an inf gradient is injected in the N-th backward pass (or in every one).
+FP16_CHILD = [sys.executable, str(ROOT / "bench" / "gpu_run.py"), "--force-fp16-on-cpu"]
 
 
 def test_fp16_overflow_skips_the_step_and_halves_the_scale(shards, tmp_path):
-    command = [sys.executable, "-c", FP16_CHILD, "--config", str(ROOT / "configs/train/debug_cpu.yaml"),
+    command = [*FP16_CHILD, "--inject-inf-at", "3", "--config", str(ROOT / "configs/train/debug_cpu.yaml"),
                "--data.shards", str(shards), "--run_dir", str(tmp_path / "fp16"), "--train.max_steps", "5",
                "--train.precision", "fp16", "--train.initial_scale_power", "10", "--train.hysteresis", "1"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -218,13 +202,11 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale(shards, tmp_path):
 
 
 def test_fp16_scale_stuck_at_its_minimum_stops_the_run(shards, tmp_path):
-    import os
-
-    command = [sys.executable, "-c", FP16_CHILD, "--config", str(ROOT / "configs/train/debug_cpu.yaml"),
+    command = [*FP16_CHILD, "--inject-inf-at", "always", "--config", str(ROOT / "configs/train/debug_cpu.yaml"),
                "--data.shards", str(shards), "--run_dir", str(tmp_path / "stuck"), "--train.max_steps", "20",
                "--train.precision", "fp16", "--train.initial_scale_power", "2", "--train.hysteresis", "1",
                "--train.max_steps_at_min_scale", "3"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "INJECT_INF": "always"})
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 3, result.stderr[-3000:]
     # 4 → 2 → 1, then an overflow at the minimum: DeepSpeed would raise; we stop with one sentence.
     assert "the fp16 loss scale hit its minimum (1.0) and still overflowed at step 3" in result.stderr
