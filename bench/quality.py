@@ -167,8 +167,8 @@ def main() -> int:
     if not (CORPORA / "README.md").exists():
         print(f"bench/quality.py: skipped, the shared corpora are not at {CORPORA}")
         return 0
-    steps, pretrain_steps = (12, 24) if args.quick else (150, 400)
-    warmup, fine_tune_steps = max(1, steps // 10), 20 if args.quick else 150
+    steps, pretrain_steps = (12, 16) if args.quick else (150, 400)
+    warmup, fine_tune_steps = max(1, steps // 10), 12 if args.quick else 150
     from trainer.evaluate import evaluate, load_model
     from trainer.data import ShardSet
     from model.hf import from_pretrained
