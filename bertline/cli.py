@@ -12,6 +12,7 @@ commands:
   submit    a training run as a Slurm batch job (srun or deepspeed launch, preemption → requeue → resume)
   export    a training checkpoint → a HuggingFace BERT folder
   eval      held-out MLM/NSP loss and accuracy of a checkpoint (or HuggingFace folder) on a shard folder
+  verify    check every shard, index and record of a shard folder against its manifest
 
 Run `bertline <command> --help` for a command's options."""
 
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.export import main as export
 
         return export(rest)
+    if command == "verify":
+        from shardformat.cli import verify_main
+
+        return verify_main(rest)
     if command == "submit":
         from cluster.submit import main as submit
 

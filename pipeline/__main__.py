@@ -195,10 +195,10 @@ def build(pipeline, plan, ranges, given_tokenizer: bytes | None):
         ready = pipeline | "GivenTokenizer" >> beam.Create(
             [(plan.tokenizer_file, tokenizer.file_sha256(given_tokenizer))], reshuffle=False
         )
-    # ((split, provisional shard), ("samples", reference to spilled samples))
-    refs = inputs | "MakeSamples" >> transforms.MakeSamples(plan, ready, len(ranges))
+    # (split, BucketSummary): what each bucket spilled into the scratch folder
+    summaries = inputs | "MakeSamples" >> transforms.MakeSamples(plan, ready, len(ranges))
     # the manifest's per-split summary (one element)
-    return refs | "WriteShards" >> transforms.WriteShards(plan)
+    return summaries | "WriteShards" >> transforms.WriteShards(plan)
 
 
 def print_counters(result) -> None:

@@ -113,10 +113,17 @@ class MaskingConfig(Section):
 class OutputConfig(Section):
     """The shard sets written to --output."""
 
-    num_shards: int = Field(8, ge=1, description="Train shards. Any count suits any number of ranks: the trainer orders samples, not shards; more shards mean smaller files.")
-    validation_shards: int = Field(1, ge=1, description="Validation shards.")
+    shard_mb: int = Field(
+        256, ge=1,
+        description="Target shard size in MiB: the shard count follows from the data so that no shard exceeds it (docs/shard-format.md says why 256).",
+    )
+    num_shards: int | None = Field(None, ge=1, description="Fix the train shard count instead (overrides shard_mb). Any count suits any number of ranks: the trainer orders samples, not shards.")
+    validation_shards: int | None = Field(None, ge=1, description="Fix the validation shard count instead (overrides shard_mb).")
     validation_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Share of documents (by stable hash) held out for validation; 0 writes no validation set.")
-    samples_per_record: int = Field(256, ge=1, description="Samples packed into one tar record (one group of .npy members).")
+    samples_per_record: int = Field(
+        16, ge=1, le=1 << 16,
+        description="Samples per tar record, the unit a rank reads and checks. A micro batch that is a multiple of it reads no byte it does not use.",
+    )
 
 
 class SlurmWorkersConfig(Section):

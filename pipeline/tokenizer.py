@@ -8,7 +8,7 @@ import re
 from typing import Protocol
 
 from bertline.errors import UserError
-from pipeline.schema import SPECIAL_TOKENS
+from shardformat.schema import SPECIAL_TOKENS
 
 _CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 

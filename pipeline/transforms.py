@@ -22,7 +22,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from bertline.errors import UserError
-from pipeline import masking, pairs, read, rng, schema, segment, tokenizer, write
+from pipeline import pairs, read, segment, tokenizer, write
+from shardformat import masking, rng, schema
 from pipeline.config import PrepareConfig
 
 NAMESPACE = "bertline"
@@ -32,7 +33,7 @@ log = logging.getLogger("bertline.pipeline")
 class Tagged(NamedTuple):
     """One side of a join: records of different kinds keyed alike, flattened and grouped together."""
 
-    kind: str  # "range" | "tokenizer" | "plan" | "samples"
+    kind: str  # "range" | "tokenizer"
     value: Any
 
 
@@ -43,20 +44,6 @@ class TokenizedDoc(NamedTuple):
     flat: np.ndarray
     lengths: np.ndarray
     tokenizer_sha256: str
-
-
-class PlanRecord(NamedTuple):
-    """A provisional shard's balance plan, with the split's total for the manifest."""
-
-    plan: write.ShardPlan
-    split_total: int
-
-
-class PlannedPart(NamedTuple):
-    """Samples on their way to a final shard, with the split's total for the manifest."""
-
-    ref: write.SpillRef
-    split_total: int
 
 
 def _only(records: list[Tagged], kind: str):
@@ -218,7 +205,8 @@ def load_output_tokenizer(plan: JobPlan, sha256: str) -> tokenizer.Tokenizer:
     return tokenizer.load_tokenizer(plan.tokenizer_kind, data, plan.config.tokenizer.lowercase)
 
 
-def num_shards(config: PrepareConfig, split: str) -> int:
+def num_shards(config: PrepareConfig, split: str) -> int | None:
+    """The split's shard count if the config fixes it; None: it follows from output.shard_mb."""
     return config.output.num_shards if split == "train" else config.output.validation_shards
 
 
@@ -307,40 +295,43 @@ class TokenizedDocument:
         return (self[i] for i in range(len(self)))
 
 
-class _ShardAccumulator:
-    """Samples of one bucket grouped by provisional shard; Python lists are packed into SampleBatch chunks
-    every `flush_every` samples so a large bucket stays compact."""
+class _RunAccumulator:
+    """A bucket's samples since the last spill: Python lists packed into SampleBatch chunks every
+    `pack_every` samples (compact), with their keys and a running byte count."""
 
-    def __init__(self, dtype: np.dtype, flush_every: int = 8192):
-        self.dtype, self.flush_every = dtype, flush_every
-        self.pending: dict[int, tuple[list, ...]] = {}
-        self.pending_count = 0
-        self.chunks: dict[int, list[schema.SampleBatch]] = {}
+    def __init__(self, dtype: np.dtype, pack_every: int = 8192):
+        self.dtype, self.pack_every = dtype, pack_every
+        self.pending: tuple[list, ...] = ([], [], [], [])
+        self.keys: list[int] = []
+        self.chunks: list[schema.SampleBatch] = []
+        self.bytes = 0
 
-    def add(self, shard: int, key: int, row: tuple, tokens: list[int], masked: masking.Masked) -> None:
-        columns = self.pending.setdefault(shard, ([], [], [], [], []))
-        columns[0].append(key)
-        columns[1].append(row)
-        columns[2].append(tokens)
-        columns[3].append(masked.positions)
-        columns[4].append(masked.input_ids)
-        self.pending_count += 1
-        if self.pending_count >= self.flush_every:
-            self.flush()
+    def add(self, key: int, row: tuple, tokens: list[int], masked: masking.Masked) -> None:
+        for column, value in zip(self.pending, (row, tokens, masked.positions, masked.input_ids)):
+            column.append(value)
+        self.keys.append(key)
+        self.bytes += 16 + len(tokens) * self.dtype.itemsize + len(masked.positions) * (self.dtype.itemsize + 2)
+        if len(self.pending[0]) >= self.pack_every:
+            self._pack()
 
-    def flush(self) -> None:
-        for shard, columns in self.pending.items():
-            self.chunks.setdefault(shard, []).append(schema.SampleBatch.from_lists(*columns, dtype=self.dtype))
-        self.pending, self.pending_count = {}, 0
+    def _pack(self) -> None:
+        if self.pending[0]:
+            self.chunks.append(schema.SampleBatch.from_lists(*self.pending, dtype=self.dtype))
+            self.pending = ([], [], [], [])
 
-    def batches(self) -> dict[int, schema.SampleBatch]:
-        self.flush()
-        return {shard: schema.SampleBatch.concat(chunks) for shard, chunks in sorted(self.chunks.items())}
+    def take(self) -> tuple[np.ndarray, schema.SampleBatch] | None:
+        """Everything accumulated (keys, samples), and a fresh start; None when empty."""
+        self._pack()
+        if not self.chunks:
+            return None
+        keys, batch = np.array(self.keys, dtype=np.uint64), schema.SampleBatch.concat(self.chunks)
+        self.keys, self.chunks, self.bytes = [], [], 0
+        return keys, batch
 
 
 class CreateSamplesFn(beam.DoFn):
-    """A bucket of tokenized documents → sentence pairs with masks, spilled to one file in the output's
-    scratch folder; emits a small reference per provisional shard: ((split, shard), ("samples", ref))."""
+    """A bucket of tokenized documents → sentence pairs with masks, spilled in runs to one file in the output's
+    scratch folder; emits the counts only: (split, BucketSummary)."""
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
@@ -358,103 +349,81 @@ class CreateSamplesFn(beam.DoFn):
         cfg = self.plan.config
         spec = _masking_spec(cfg, tok)
         bucket_documents = [TokenizedDocument(document.flat, document.lengths) for document in documents]
-        shards = num_shards(cfg, split)
-        accumulator = _ShardAccumulator(schema.token_dtype(tok.vocab_size))
+        accumulator = _RunAccumulator(schema.token_dtype(tok.vocab_size))
         cls_id, sep_id = tok.special_ids["[CLS]"], tok.special_ids["[SEP]"]
         starts_table = word_starts if cfg.masking.whole_word else None
-        for index, document in enumerate(documents):
-            key = document.key
-            if int((document.lengths > 0).sum()) < 2:
-                _counter("single_sentence_documents").inc()
-            # The document being paired is read on every pass: convert it once, put it back afterwards.
-            compact = bucket_documents[index]
-            bucket_documents[index] = list(compact)
-            for dupe in range(cfg.pairs.dupe_factor):
-                draw = rng.rng_for(cfg.seed, "pairs", key, dupe)
-                made = pairs.create_pairs(
-                    bucket_documents, index, draw,
-                    max_seq_length=cfg.pairs.max_seq_length,
-                    short_seq_prob=cfg.pairs.short_seq_prob,
-                    random_next_prob=cfg.pairs.random_next_prob,
-                    allow_single_sentence=cfg.pairs.single_sentence_documents == "random_next",
-                )
-                for pair in made:
-                    tokens = [cls_id, *pair.tokens_a, sep_id, *pair.tokens_b, sep_id]
-                    starts = [starts_table[t] for t in tokens] if starts_table is not None else None
-                    masked = masking.mask_sequence(tokens, draw, spec, starts)
-                    sample_key = draw.getrandbits(64)
-                    row = (len(tokens), len(pair.tokens_a) + 2, int(pair.is_random_next), len(masked.positions))
-                    accumulator.add(sample_key % shards, sample_key, row, tokens, masked)
-            bucket_documents[index] = compact
-        by_shard = accumulator.batches()
-        if not by_shard:
-            return
-        _counter(f"{split}_samples_created").inc(sum(len(b) for b in by_shard.values()))
-        name = f"{split}-bucket-{bucket:06d}.spill"
-        for shard, ref in zip(by_shard, write.spill(self.plan.output, name, list(by_shard.values()))):
-            yield (split, shard), Tagged("samples", ref)
+        created = 0
+        with write.atomic_output(FileSystems.join(self.plan.output, write.SCRATCH, write.spill_name(split, bucket))) as stream:
+            spill = write.SpillWriter(stream)
+            for index, document in enumerate(documents):
+                key = document.key
+                if int((document.lengths > 0).sum()) < 2:
+                    _counter("single_sentence_documents").inc()
+                # The document being paired is read on every pass: convert it once, put it back afterwards.
+                compact = bucket_documents[index]
+                bucket_documents[index] = list(compact)
+                for dupe in range(cfg.pairs.dupe_factor):
+                    draw = rng.rng_for(cfg.seed, "pairs", key, dupe)
+                    made = pairs.create_pairs(
+                        bucket_documents, index, draw,
+                        max_seq_length=cfg.pairs.max_seq_length,
+                        short_seq_prob=cfg.pairs.short_seq_prob,
+                        random_next_prob=cfg.pairs.random_next_prob,
+                        allow_single_sentence=cfg.pairs.single_sentence_documents == "random_next",
+                    )
+                    for pair in made:
+                        tokens = [cls_id, *pair.tokens_a, sep_id, *pair.tokens_b, sep_id]
+                        starts = [starts_table[t] for t in tokens] if starts_table is not None else None
+                        masked = masking.mask_sequence(tokens, draw, spec, starts)
+                        row = (len(tokens), len(pair.tokens_a) + 2, int(pair.is_random_next), len(masked.positions))
+                        accumulator.add(draw.getrandbits(64), row, tokens, masked)
+                        created += 1
+                    if accumulator.bytes >= write.RUN_BYTES:
+                        spill.add_run(*accumulator.take())
+                bucket_documents[index] = compact
+            taken = accumulator.take()
+            if taken is not None:
+                spill.add_run(*taken)
+            counts, payload = spill.finish()
+        _counter(f"{split}_samples_created").inc(created)
+        if created:
+            yield split, write.BucketSummary(bucket, counts, payload, tok.special_ids["[UNK]"])
 
 
-class PlanBalanceFn(beam.DoFn):
-    """(split, [(provisional shard, count)]) → ((split, shard), ("plan", plan)) for every shard of the split."""
+class PlanShardsFn(beam.DoFn):
+    """(split, [BucketSummary]) → ((split, shard), ShardSlices) for every shard of the split."""
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
 
     def process(self, element):
-        split, shard_counts = element
-        counts: dict[int, int] = {}
-        for shard, count in shard_counts:
-            counts[shard] = counts.get(shard, 0) + count
-        total, shards = sum(counts.values()), num_shards(self.plan.config, split)
-        if write.samples_per_shard(counts, shards) == 0:
+        split, summaries = element
+        output = self.plan.config.output
+        plans = write.plan_shards(list(summaries), split, output.samples_per_record, output.shard_mb, num_shards(self.plan.config, split))
+        if not plans:
+            total = sum(int(summary.counts.sum()) for summary in summaries)
             setting = "output.num_shards" if split == "train" else "output.validation_shards"
-            raise UserError(f"the {split} split has only {total} samples, fewer than its {shards} shards; lower {setting} or give more input")
-        for shard, shard_plan in write.balance_plan(counts, shards).items():
-            yield (split, shard), Tagged("plan", PlanRecord(shard_plan, total))
-
-
-class RebalanceFn(beam.DoFn):
-    """A provisional shard's sample references and its plan → references keyed by final shard:
-    ((split, final shard), (ref, split total)). The samples move through the scratch folder."""
-
-    def __init__(self, plan: JobPlan):
-        self.plan = plan
-
-    def process(self, element):
-        (split, shard), records = element
-        records = list(records)
-        plan, total = _only(records, "plan")
-        refs = sorted((r.value for r in records if r.kind == "samples"), key=lambda ref: (ref.path, ref.offset))
-        if not refs:
-            return
-        batch = schema.SampleBatch.concat([write.unspill(self.plan.output, ref) for ref in refs]).sorted_by_key()
-        moves = ([write.Move(shard, plan.keep)] if plan.keep else []) + list(plan.moves)
-        pieces, start = [], 0
-        for move in moves:
-            pieces.append(batch.take(np.arange(start, start + move.count)))
-            start += move.count
-        if plan.dropped:
-            _counter(f"{split}_samples_dropped_remainder").inc(plan.dropped)
-        spilled = write.spill(self.plan.output, f"{split}-provisional-{shard:05d}.spill", pieces)
-        for move, ref in zip(moves, spilled):
-            yield (split, move.destination), PlannedPart(ref, total)
+            raise UserError(f"the {split} split has only {total} samples, fewer than its {num_shards(self.plan.config, split)} shards; "
+                            f"lower {setting} (or leave it unset: shards then follow output.shard_mb) or give more input")
+        dropped = plans[0].split_total - plans[0].num_shards * plans[0].samples_per_shard
+        if dropped:
+            _counter(f"{split}_samples_dropped_remainder").inc(dropped)
+        for shard_plan in plans:
+            yield (split, shard_plan.shard), shard_plan
 
 
 class WriteShardFn(beam.DoFn):
-    """(split, shard) → its sample references, read, sorted and written as one tar; emits (None, entry)."""
+    """((split, shard), [ShardSlices]) → the shard's tar and index, streamed from the scratch files; emits (None, entry)."""
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
 
     def process(self, element):
-        (split, shard), parts = element
-        parts = sorted(parts, key=lambda part: (part.ref.path, part.ref.offset))
-        batch = schema.SampleBatch.concat([write.unspill(self.plan.output, part.ref) for part in parts])
-        info = write.write_shard(self.plan.output, split, shard, batch, self.plan.config.output.samples_per_record)
+        _, (shard_plan,) = element
+        entry = write.write_shard(self.plan.output, shard_plan, self.plan.config.output.samples_per_record)
         _counter("shards_written").inc()
-        _counter("shard_bytes").inc(info["bytes"])
-        yield None, {**info, "split_total": parts[0].split_total}
+        _counter("shard_bytes").inc(entry["bytes"])
+        yield None, {**entry, "split_total": shard_plan.split_total}
 
 
 class WriteManifestFn(beam.DoFn):
@@ -468,8 +437,7 @@ class WriteManifestFn(beam.DoFn):
         entries = [entry for entry in entries if entry is not None]  # None: the seed that makes this step run
         cfg = self.plan.config
         totals = {entry["split"]: entry.pop("split_total") for entry in entries}
-        expected = {split: num_shards(cfg, split) for split in splits(cfg)}
-        for split in expected:
+        for split in splits(cfg):
             if split not in totals:
                 raise UserError(
                     f"the {split} split received no samples; "
@@ -488,9 +456,14 @@ class WriteManifestFn(beam.DoFn):
             "lowercase": cfg.tokenizer.lowercase if tok.kind == "wordpiece" else None,
             "token_dtype": schema.token_dtype(tok.vocab_size).name,
         }
+        summaries = {
+            split: write.split_summary([e for e in entries if e["split"] == split], totals[split],
+                                       cfg.output.samples_per_record, cfg.pairs.max_seq_length)
+            for split in write.SPLITS if split in totals
+        }
         manifest = write.build_manifest(
-            entries, totals, expected, cfg.model_dump(mode="json", exclude={"dask_slurm"}), tokenizer_entry,
-            list(self.plan.inputs), self.plan.code_revision,
+            entries, summaries, cfg.model_dump(mode="json", exclude={"dask_slurm"}), tokenizer_entry,
+            list(self.plan.inputs), self.plan.code_revision, {},
         )
         write.write_atomically(FileSystems.join(self.plan.output, write.MANIFEST), write.manifest_bytes(manifest))
         write.remove_scratch(self.plan.output)
@@ -525,7 +498,8 @@ class TrainSentencePiece(beam.PTransform):
 
 
 class MakeSamples(beam.PTransform):
-    """(range index, InputRange) and the tokenizer's (file, sha256) → ((split, provisional shard), ("samples", ref))."""
+    """(range index, InputRange) and the tokenizer's (file, sha256) → (split, BucketSummary) per bucket, the
+    samples themselves spilled to the scratch folder."""
 
     def __init__(self, plan: JobPlan, tokenizer_ready, num_ranges: int):
         super().__init__()
@@ -550,34 +524,26 @@ class MakeSamples(beam.PTransform):
 
 
 class WriteShards(beam.PTransform):
-    """((split, provisional shard), ("samples", ref)) → balanced shards on disk, then the manifest and
-    COMPLETED; emits the manifest's per-split summary."""
+    """(split, BucketSummary) → balanced shards on disk, then the manifest and COMPLETED; emits the manifest's
+    per-split summary."""
 
     def __init__(self, plan: JobPlan):
         super().__init__()
         self.plan = plan
 
-    def expand(self, refs):
-        plans = (
-            refs
-            | "CountSamples" >> beam.MapTuple(lambda split_shard, tagged: (split_shard[0], (split_shard[1], tagged.value.count)))
-            # (split, (provisional shard, samples))
-            | "GroupCounts" >> beam.GroupByKey()
-            | "PlanBalance" >> beam.ParDo(PlanBalanceFn(self.plan))
-        )
-        # ((split, provisional shard), ("plan", {keep, moves, dropped, split_total}))
+    def expand(self, summaries):
         entries = (
-            (refs, plans)
-            | "JoinPlans" >> beam.Flatten()
-            | "GroupProvisional" >> beam.GroupByKey()
-            | "Rebalance" >> beam.ParDo(RebalanceFn(self.plan))
-            # ((split, final shard), (ref, split total))
-            | "GroupShards" >> beam.GroupByKey()
+            summaries
+            | "GroupSummaries" >> beam.GroupByKey()
+            # (split, [BucketSummary])
+            | "PlanShards" >> beam.ParDo(PlanShardsFn(self.plan))
+            # ((split, shard), ShardSlices); grouped by shard so that the writes spread over the workers
+            | "GroupShardPlans" >> beam.GroupByKey()
             | "WriteTar" >> beam.ParDo(WriteShardFn(self.plan))
         )
         # (None, shard manifest entry), plus one (None, None) so the manifest step runs, and can say
         # what is wrong, even when no sample at all came through
-        seed = refs.pipeline | "ManifestSeed" >> beam.Create([(None, None)], reshuffle=False)
+        seed = summaries.pipeline | "ManifestSeed" >> beam.Create([(None, None)], reshuffle=False)
         return (
             (entries, seed)
             | "WithSeed" >> beam.Flatten()

@@ -1,4 +1,4 @@
 """The DeepSpeed ZeRO trainer that streams bertline shards into the encoder (built in issue #4).
 
-It reads shards through `pipeline.schema`, the one module that declares the sample layout.
+It reads shards through `shardformat.schema`, the one module that declares the sample layout.
 """

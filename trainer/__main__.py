@@ -23,11 +23,11 @@ from tqdm import tqdm
 
 from bertline.config import load_config, parse_overrides
 from bertline.errors import TrainingDiverged, UserError, run_command
-from pipeline.masking import MaskingSpec
-from pipeline.rng import stable_hash
+from shardformat.masking import MaskingSpec
+from shardformat.rng import stable_hash
 from trainer import checkpoint, dist, preemption
 from trainer.config import TrainConfig, deepspeed_config
-from trainer.data import IGNORE_INDEX, LoaderSpec, PretrainingBatches, ShardSet, model_inputs
+from trainer.data import IGNORE_INDEX, LoaderSpec, Prefetched, PretrainingBatches, ShardSet, model_inputs
 from trainer.metrics import RunLog, write_report
 
 log = logging.getLogger("bertline.trainer")
@@ -77,14 +77,21 @@ class Trainer:
             pad_to_multiple_of=config.data.pad_to_multiple_of, fixed_length=config.data.fixed_length,
             skip_corrupt_shards=config.data.skip_corrupt_shards,
         ), masking)
+        if shards.total_samples < self.loader.global_batch:
+            raise UserError(self._too_small(shards))
+        self.data_identity = {"folder": str(Path(config.data.shards).resolve()), **shards.identity}
         self.step_number, self.samples = 0, 0
         self._batches = None
         self.validation = self._validation_loader(masking)
         if placement.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            # The tokenizer travels with the run: export and eval use this copy, whatever the shard folder holds later.
+            tokenizer_copy = self.run_dir / "tokenizer" / shards.tokenizer["file"]
+            tokenizer_copy.parent.mkdir(exist_ok=True)
+            shutil.copyfile(Path(config.data.shards) / shards.tokenizer["file"], tokenizer_copy)
             (self.run_dir / "model_config.json").write_text(json.dumps(
                 {**self.model_config.to_dict(), "shards": str(Path(config.data.shards).resolve()),
-                 "tokenizer_file": shards.tokenizer["file"]}, indent=2) + "\n")
+                 "tokenizer_file": shards.tokenizer["file"], "tokenizer_sha256": shards.tokenizer["sha256"]}, indent=2) + "\n")
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
             (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
 
@@ -109,19 +116,28 @@ class Trainer:
         total = self._sum_over_ranks(eval_sums(self.engine, self.validation, batches, self.engine.device))
         return {f"eval_{name}": value for name, value in eval_figures(total).items()}
 
+    def _too_small(self, shards: ShardSet) -> str:
+        config = self.config.data
+        return (f"the {shards.split} split of {config.shards} holds {shards.total_samples} samples, fewer than one global batch of "
+                f"{self.loader.global_batch} (data.micro_batch_size {config.micro_batch_size} × {self.placement.world_size} ranks): "
+                f"lower data.micro_batch_size, use fewer ranks, or prepare more data")
+
     def _next_batch(self) -> dict[str, torch.Tensor]:
-        while True:
+        for _ in range(2):  # the running pass, then at most one fresh one
             if self._batches is None:  # a fresh pass from the loader's current (epoch, position)
+                workers = self.config.data.num_workers
                 # A private generator: DataLoader draws a base seed when an iterator starts, and drawing it
                 # from the global RNG would shift the dropout stream of a resumed run.
-                self._batches = iter(torch.utils.data.DataLoader(
-                    self.loader, batch_size=None, num_workers=self.config.data.num_workers, generator=torch.Generator(),
+                batches = torch.utils.data.DataLoader(
+                    self.loader, batch_size=None, num_workers=workers, generator=torch.Generator(),
                     worker_init_fn=preemption.ignore_in_worker,
-                ))
+                )
+                self._batches = iter(batches) if workers else Prefetched(batches)
             batch = next(self._batches, None)
             if batch is not None:
                 return batch
             self._batches = None
+        raise UserError(self._too_small(self.loader.shards))  # a fresh pass had nothing: never loop silently
 
     def step(self) -> dict:
         """One optimizer step over gradient_accumulation_steps micro batches.
@@ -212,7 +228,7 @@ class Trainer:
         from trainer import engine
 
         client = {"loader": self.loader.state_dict(), "rng": self._from_every_rank(checkpoint.rng_state()), "train": {"step": self.step_number, "samples": self.samples},
-                  "model_fingerprint": self.model_config.fingerprint()}
+                  "model_fingerprint": self.model_config.fingerprint(), "data": self.data_identity}
         folder = self.checkpoints / checkpoint.tag(self.step_number)
         if self.placement.rank == 0 and folder.exists() and not (folder / checkpoint.MARKER).exists():
             # Half-written by a killed run, perhaps with another world size: its per-rank files must not mix with ours.
@@ -258,6 +274,7 @@ class Trainer:
         if client.get("model_fingerprint") != self.model_config.fingerprint():
             raise UserError(f"checkpoint {self.checkpoints / self.saved.folder_name} holds a different model than this config; "
                             f"use the run's own config or another run_dir")
+        check_same_data(client.get("data"), self.data_identity, self.checkpoints / self.saved.folder_name)
         self.loader.load_state_dict(client["loader"])
         self.step_number, self.samples = client["train"]["step"], client["train"]["samples"]
         for name in ("metrics.jsonl", "samples.jsonl"):
@@ -271,6 +288,21 @@ class Trainer:
         else:  # another world size: fresh, still deterministic, dropout streams
             torch.manual_seed(stable_hash(self.config.seed, "dropout", self.placement.rank, self.step_number) % 2**63)
         log.info("resumed from step %d (epoch %d, %d samples into it)", self.step_number, client["loader"]["epoch"], client["loader"]["position"])
+
+
+def check_same_data(saved: dict | None, current: dict, step_folder: Path) -> None:
+    """A checkpoint continues only on the shard folder contents it was trained on: its loader position means
+    nothing elsewhere (same tokenizer, same counts, same preparation config)."""
+    if saved is None:
+        return
+    differ = [key for key in ("tokenizer_sha256", "samples", "shards", "config_sha256") if saved.get(key) != current.get(key)]
+    if differ:
+        what = {"tokenizer_sha256": "tokenizer", "samples": "sample counts", "shards": "shard counts", "config_sha256": "preparation config"}
+        raise UserError(
+            f"checkpoint {step_folder} was trained on {saved.get('folder')} (tokenizer sha256 {str(saved.get('tokenizer_sha256'))[:12]}), "
+            f"but data.shards {current['folder']} now holds other data (its {', '.join(what[k] for k in differ)} differ, tokenizer sha256 "
+            f"{current['tokenizer_sha256'][:12]}); point data.shards at the run's own shards, or start a new run_dir"
+        )
 
 
 def _at_min(metrics: dict, config: TrainConfig) -> bool:

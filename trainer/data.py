@@ -2,24 +2,27 @@
 changes of world size.
 
 The order rule (elastic): an epoch is a permutation of every sample of the split that depends only on
-(seed, epoch): shards in a shuffled order, and each shard's samples shuffled within it. The loader's
+(seed, epoch): shards in a shuffled order, each shard's records (blocks of samples_per_record samples, each
+block a random draw from the corpus: the pipeline files samples by a random key) shuffled within it. The loader's
 position is (epoch, samples consumed globally). Global batch k of an epoch covers samples
 [position + k·G, position + (k+1)·G) with G = micro_batch_size × world_size; rank r takes the r-th
 micro-batch-sized slice of it. A resumed run, with any world size or micro batch, continues from the saved
 position, so within an epoch no sample is seen twice and none is skipped. The last samples of an epoch
 that cannot fill a global batch (< G) are dropped, so every rank gets exactly the same number of batches.
+
+What a rank reads: only the records that hold its samples, one `pread` each, checked against the shard's
+index hash. With a micro batch that is a multiple of the record size, a rank reads total ÷ world size bytes
+per epoch; memory per loader (or worker) is a few records plus the open shards' indexes and record orders.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import hashlib
-import io
-import json
 import logging
+import queue
 import random
-import tarfile
-from pathlib import Path
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -27,11 +30,13 @@ import torch
 
 from bertline.errors import UserError
 from model.heads import IGNORE_INDEX  # the label of a padding slot, as the model's losses expect it
-from pipeline import schema
-from pipeline.masking import MaskingSpec, mask_sequence
-from pipeline.rng import stable_hash
+from shardformat import schema
+from shardformat.masking import MaskingSpec, mask_sequence
+from shardformat.reader import CorruptRecord, ShardFile, ShardSet
+from shardformat.rng import stable_hash
 
 log = logging.getLogger("bertline.trainer")
+__all__ = ["ShardSet", "LoaderSpec", "PretrainingBatches", "collate", "model_inputs", "IGNORE_INDEX"]
 
 
 # ---------------------------------------------------------------- pure order and partition functions
@@ -41,9 +46,12 @@ def shard_order(seed: int, epoch: int, num_shards: int) -> np.ndarray:
     return np.random.default_rng(stable_hash(seed, "shards", epoch)).permutation(num_shards)
 
 
-def sample_order(seed: int, epoch: int, shard: int, samples: int) -> np.ndarray:
-    """The permutation of one shard's samples in this epoch."""
-    return np.random.default_rng(stable_hash(seed, "samples", epoch, shard)).permutation(samples)
+def record_order(seed: int, epoch: int, shard: int, samples: int, samples_per_record: int) -> np.ndarray:
+    """The permutation of one shard's records in this epoch: its full records shuffled, a partial last record
+    (only in a shard smaller than one record) last. Computed once per (epoch, shard), not per batch."""
+    full = samples // samples_per_record
+    order = np.random.default_rng(stable_hash(seed, "records", epoch, shard)).permutation(full)
+    return np.append(order, full) if samples % samples_per_record else order
 
 
 def batches_per_epoch(total_samples: int, position: int, global_batch: int) -> int:
@@ -60,78 +68,6 @@ def rank_slice(position: int, batch: int, micro_batch_size: int, world_size: int
 def worker_batches(batches: int, worker: int, num_workers: int) -> range:
     """The batch numbers a loader worker builds; DataLoader's round-robin over workers restores the order."""
     return range(worker, batches, num_workers)
-
-
-# ---------------------------------------------------------------- shards
-
-@dataclasses.dataclass(frozen=True)
-class ShardSet:
-    """A verified-complete shard folder's split: shard paths and their manifest entries."""
-
-    folder: Path
-    split: str
-    shards: tuple[dict, ...]
-    samples_per_shard: int
-    tokenizer: dict
-    max_seq_length: int
-    max_predictions_per_seq: int
-
-    @property
-    def total_samples(self) -> int:
-        return len(self.shards) * self.samples_per_shard
-
-    @classmethod
-    def open(cls, folder: str | Path, split: str = "train") -> "ShardSet":
-        folder = Path(folder)
-        if not (folder / "COMPLETED").exists():
-            raise UserError(f"shard folder {folder} has no COMPLETED marker; it is missing or its `bertline prepare` did not finish")
-        try:
-            manifest = json.loads((folder / "manifest.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"shard folder {folder} has no readable manifest.json ({exc.__class__.__name__}); re-run bertline prepare") from None
-        if manifest.get("format") != schema.FORMAT or manifest.get("schema_version") != schema.SCHEMA_VERSION:
-            raise UserError(
-                f"shard folder {folder} holds {manifest.get('format')} v{manifest.get('schema_version')}, "
-                f"but this trainer reads {schema.FORMAT} v{schema.SCHEMA_VERSION}; re-run bertline prepare"
-            )
-        shards = tuple(s for s in manifest["shards"] if s["split"] == split)
-        if not shards:
-            raise UserError(f"shard folder {folder} has no {split} shards")
-        for shard in shards:
-            path = folder / shard["path"]
-            if not path.exists():
-                raise UserError(f"shard {path} is listed in the manifest but missing; restore it or re-run bertline prepare")
-            if path.stat().st_size != shard["bytes"]:
-                raise UserError(
-                    f"shard {path} has {path.stat().st_size} bytes but the manifest says {shard['bytes']}: it is truncated "
-                    f"or was replaced; restore it or re-run bertline prepare"
-                )
-        config = manifest["config"]
-        return cls(
-            folder, split, shards, manifest["splits"][split]["samples_per_shard"], manifest["tokenizer"],
-            config["pairs"]["max_seq_length"], config["masking"]["max_predictions_per_seq"],
-        )
-
-
-def read_shard(path: Path, entry: dict) -> schema.SampleBatch:
-    """One shard's samples, after checking its bytes against the manifest's sha256. Never unpickles."""
-    data = path.read_bytes()
-    if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise UserError(f"shard {path} does not match its manifest sha256: it is corrupt or truncated; restore it or re-run bertline prepare")
-    records: dict[str, dict[str, bytes]] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, extension = member.name.partition(".")
-                records.setdefault(key, {})[extension] = tar.extractfile(member).read()
-        batch = schema.SampleBatch.concat([schema.SampleBatch.from_members(records[key]) for key in sorted(records)])
-    except (tarfile.TarError, ValueError) as exc:
-        raise UserError(f"shard {path} cannot be decoded ({exc}); re-run bertline prepare") from None
-    if len(batch) != entry["samples"]:
-        raise UserError(f"shard {path} holds {len(batch)} samples but the manifest says {entry['samples']}; re-run bertline prepare")
-    return batch
 
 
 # ---------------------------------------------------------------- collation
@@ -206,7 +142,7 @@ def remask(batch: schema.SampleBatch, sample_index: np.ndarray, seed: int, epoch
         samples[i, 3] = len(masked.positions)
         positions.extend(masked.positions)
         ids.extend(masked.input_ids)
-    return schema.SampleBatch(batch.keys, samples, batch.tokens, np.asarray(positions, dtype=np.uint16),
+    return schema.SampleBatch(samples, batch.tokens, np.asarray(positions, dtype=np.uint16),
                               np.asarray(ids, dtype=batch.tokens.dtype))
 
 
@@ -220,14 +156,26 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
     `advance()` after each optimizer micro step, so a checkpoint records what was actually trained on.
     """
 
+    OPEN_SHARDS = 4  # shards kept open (index, file descriptor, record order) per loader or worker
+    CACHED_RECORDS = 16  # decoded records kept: a micro batch smaller than a record reuses it
+
     def __init__(self, shards: ShardSet, spec: LoaderSpec, masking_spec: MaskingSpec | None = None):
         super().__init__()
         self.shards, self.spec, self.masking_spec = shards, spec, masking_spec
         self.epoch, self.position = 0, 0
         self._corrupt: set[int] = set()
-        self._cache: dict[int, schema.SampleBatch] = {}
+        self._skipped_records: set[tuple[int, int]] = set()
+        self._files: collections.OrderedDict[int, ShardFile] = collections.OrderedDict()
+        self._orders: collections.OrderedDict[tuple[int, int], np.ndarray] = collections.OrderedDict()
+        self._records: collections.OrderedDict[tuple[int, int], schema.SampleBatch] = collections.OrderedDict()
+        self._bytes_closed = 0
         if spec.masking == "dynamic" and masking_spec is None:
             raise UserError("masking: dynamic needs a masking spec (tokenizer ids and masked_lm_prob)")
+
+    def __getstate__(self):  # DataLoader workers get a copy without open files or caches
+        state = self.__dict__.copy()
+        state["_files"], state["_orders"], state["_records"] = (collections.OrderedDict() for _ in range(3))
+        return state
 
     @property
     def global_batch(self) -> int:
@@ -240,7 +188,11 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if position > self.shards.total_samples:
+            raise UserError(f"the loader position {position} lies beyond the {self.shards.total_samples} {self.shards.split} samples "
+                            f"of {self.shards.folder}: the checkpoint was written on other data; resume on the run's own shards")
+        self.epoch, self.position = epoch, position
 
     def advance(self) -> None:
         """One global batch was trained on: move the position, rolling over to the next epoch at the end."""
@@ -248,52 +200,107 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
         if batches_per_epoch(self.shards.total_samples, self.position, self.global_batch) == 0:
             self.epoch, self.position = self.epoch + 1, 0
 
-    def _shard(self, shard: int) -> schema.SampleBatch | None:
-        """A shard's samples (two kept in memory), or None for a corrupt shard under skip_corrupt_shards."""
+    @property
+    def bytes_read(self) -> int:
+        """Bytes this loader has read from shard and index files (DataLoader workers count their own)."""
+        return self._bytes_closed + sum(f.bytes_read for f in self._files.values())
+
+    @property
+    def skipped_shards(self) -> list[str]:
+        return sorted(self.shards.shards[shard]["path"] for shard in self._corrupt)
+
+    @property
+    def skipped_records(self) -> list[tuple[str, int]]:
+        return sorted((self.shards.shards[shard]["path"], record) for shard, record in self._skipped_records)
+
+    def _file(self, shard: int) -> ShardFile | None:
+        """The open shard (a few kept), or None for a shard whose index is corrupt under skip_corrupt_shards."""
         if shard in self._corrupt:
             return None
-        if shard not in self._cache:
-            entry = self.shards.shards[shard]
+        if shard not in self._files:
             try:
-                data = read_shard(self.shards.folder / entry["path"], entry)
+                opened = ShardFile(self.shards.folder, self.shards.shards[shard])
             except UserError as exc:
                 if not self.spec.skip_corrupt_shards:
                     raise
                 log.warning("skipping corrupt shard (skip_corrupt_shards): %s", exc)
                 self._corrupt.add(shard)
                 return None
-            if len(self._cache) >= 2:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[shard] = data
-        return self._cache[shard]
+            if len(self._files) >= self.OPEN_SHARDS:
+                _, closed = self._files.popitem(last=False)
+                self._bytes_closed += closed.bytes_read
+                closed.close()
+            self._files[shard] = opened
+        self._files.move_to_end(shard)
+        return self._files[shard]
 
-    @property
-    def skipped_shards(self) -> list[str]:
-        return sorted(self.shards.shards[shard]["path"] for shard in self._corrupt)
+    def _record_order(self, epoch: int, shard: int) -> np.ndarray:
+        key = (epoch, shard)
+        if key not in self._orders:
+            if len(self._orders) >= self.OPEN_SHARDS:
+                self._orders.popitem(last=False)
+            self._orders[key] = record_order(self.spec.seed, epoch, shard, self.shards.samples_per_shard, self.shards.samples_per_record)
+        return self._orders[key]
+
+    def _record(self, shard: int, record: int) -> schema.SampleBatch:
+        """A decoded record (a few cached). Under skip_corrupt_shards a corrupt record is served by the next good
+        full record of its shard, so every rank still gets full batches; it is logged and listed in skipped_records."""
+        key = (shard, record)
+        if key not in self._records:
+            file, records = self._file(shard), self.shards.records_per_shard
+            for step in range(records):
+                candidate = (record + step) % records
+                if (shard, candidate) in self._skipped_records:
+                    continue
+                try:
+                    batch = file.read_record(candidate)
+                except CorruptRecord as exc:
+                    if not self.spec.skip_corrupt_shards:
+                        raise
+                    log.warning("skipping corrupt record (skip_corrupt_shards): %s", exc)
+                    self._skipped_records.add((shard, candidate))
+                    continue
+                if len(batch) == self.shards.samples_per_record or records == 1:
+                    break
+            else:
+                raise UserError(f"every record of shard {file.path} is corrupt; re-run bertline prepare")
+            if len(self._records) >= self.CACHED_RECORDS:
+                self._records.popitem(last=False)
+            self._records[key] = batch
+        return self._records[key]
+
+    def _shard_for_block(self, order: np.ndarray, block: int) -> int:
+        # Policy for a shard with a corrupt index (skip_corrupt_shards): its block is served by the next good
+        # shard in this epoch's order, so every rank still gets full batches.
+        for step in range(len(order)):
+            shard = int(order[(block + step) % len(order)])
+            if self._file(shard) is not None:
+                return shard
+        raise UserError(f"every shard in {self.shards.folder} is corrupt; re-run bertline prepare")
 
     def samples(self, start: int, stop: int, epoch: int | None = None) -> tuple[schema.SampleBatch, np.ndarray, np.ndarray]:
         """Global sample indices [start, stop) of an epoch (the current one by default), in order: the samples,
         their indices (positions in the epoch's order) and their ids (shard × samples per shard + place in the
         shard: which sample it is, whatever the epoch)."""
         epoch = self.epoch if epoch is None else epoch
-        per_shard = self.shards.samples_per_shard
+        per_shard, per_record, records_per_shard = self.shards.samples_per_shard, self.shards.samples_per_record, self.shards.records_per_shard
         order = shard_order(self.spec.seed, epoch, len(self.shards.shards))
-        parts, ids, indices = [], [], np.arange(start, stop)
-        for block in np.unique(indices // per_shard):
-            local = indices[indices // per_shard == block] % per_shard
-            # Policy for a corrupt shard (skip_corrupt_shards): its block is served by the next good shard
-            # in this epoch's order, so every rank still gets full batches.
-            for step in range(len(order)):
-                shard = int(order[(block + step) % len(order)])
-                data = self._shard(shard)
-                if data is not None:
-                    break
-            else:
-                raise UserError(f"every shard in {self.shards.folder} is corrupt; re-run bertline prepare")
-            within = sample_order(self.spec.seed, epoch, shard, per_shard)[local]
-            parts.append(data.take(within))
-            ids.append(shard * per_shard + within)
-        return schema.SampleBatch.concat(parts), indices, np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        indices = np.arange(start, stop)
+        blocks, local = np.divmod(indices, per_shard)
+        unique_blocks = np.unique(blocks)
+        shards = np.array([self._shard_for_block(order, int(block)) for block in unique_blocks])[np.searchsorted(unique_blocks, blocks)]
+        places, within = np.divmod(local, per_record)
+        records = np.empty_like(places)
+        for shard in np.unique(shards):
+            mine = shards == shard
+            records[mine] = self._record_order(epoch, int(shard))[places[mine]]
+        # read each needed record once, then gather the samples in order
+        keys = shards * records_per_shard + records
+        needed = np.unique(keys)
+        parts = [self._record(int(key) // records_per_shard, int(key) % records_per_shard) for key in needed]
+        starts = np.concatenate([[0], np.cumsum([len(part) for part in parts])[:-1]])
+        data = schema.SampleBatch.concat(parts).take(starts[np.searchsorted(needed, keys)] + within)
+        return data, indices, shards * per_shard + records * per_record + within
 
     def batch(self, number: int, epoch: int | None = None, position: int | None = None) -> dict[str, torch.Tensor]:
         """This rank's micro batch `number` counted from `position` of `epoch` (default: the current ones), collated."""
@@ -321,3 +328,36 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         for number in worker_batches(batches_per_epoch(self.shards.total_samples, position, self.global_batch), worker, workers):
             yield self.batch(number, epoch, position)
+
+
+class Prefetched:
+    """Iterates `batches` in a background thread, up to `depth` items ahead, so that reading and collating the
+    next micro batches overlaps the model's step (in-process loading; DataLoader workers prefetch by
+    themselves). An exception surfaces in the consumer, at the item where it happened."""
+
+    _END = object()
+
+    def __init__(self, batches, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._fill, args=(iter(batches),), daemon=True, name="bertline-prefetch")
+        self._thread.start()
+
+    def _fill(self, iterator) -> None:
+        try:
+            for item in iterator:
+                self._queue.put((item, None))
+        except BaseException as exc:  # handed to the consumer, which raises it in its own thread
+            self._queue.put((None, exc))
+            return
+        self._queue.put((self._END, None))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item, error = self._queue.get()
+        if error is not None:
+            raise error
+        if item is self._END:
+            raise StopIteration
+        return item

@@ -28,11 +28,8 @@ def load_model(path: Path):
     if not (path / checkpoint.MARKER).exists():
         raise UserError(f"{path} is neither a complete training checkpoint (no {checkpoint.MARKER} marker) nor a HuggingFace "
                         f"folder (no config.json); pass <run_dir>/checkpoints/stepNNNNNNNN or an exported folder")
-    model, shards, _ = load_step(path)
-    trained_on = None
-    if (shards / "manifest.json").exists():
-        trained_on = json.loads((shards / "manifest.json").read_text())["tokenizer"]["sha256"]
-    return model, trained_on
+    trained = load_step(path)
+    return trained.model, trained.tokenizer_sha256
 
 
 def eval_sums(model, loader: PretrainingBatches, batches: int, device: torch.device | str = "cpu") -> dict[str, float]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -11,29 +13,56 @@ from bertline.errors import UserError, run_command
 from trainer import checkpoint
 
 
-def load_step(step_folder: Path):
-    """(BertForPreTraining with the step's gathered fp32 weights, the run's shard folder, its tokenizer file name)."""
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """A step folder's model with the tokenizer it was trained with (the run's own copy, checked)."""
+
+    model: object  # BertForPreTraining
+    tokenizer_file: Path | None
+    tokenizer_sha256: str | None
+
+
+def run_tokenizer(run_dir: Path, described: dict) -> tuple[Path | None, str | None]:
+    """The tokenizer file recorded when the run started, checked against its recorded sha256.
+
+    Runs keep a copy in <run_dir>/tokenizer/; older runs only name their shard folder, whose file is used
+    if it still has the recorded hash."""
+    name, sha256 = described.get("tokenizer_file"), described.get("tokenizer_sha256")
+    candidates = [run_dir / "tokenizer" / name, Path(described["shards"]) / name] if name else []
+    for path in candidates:
+        if path.exists() and (sha256 is None or hashlib.sha256(path.read_bytes()).hexdigest() == sha256):
+            return path, sha256
+    if sha256 is not None:
+        raise UserError(f"the tokenizer run {run_dir} was trained with ({name}, sha256 {sha256[:12]}) is neither in "
+                        f"{run_dir / 'tokenizer'} nor unchanged in {described['shards']}; restore {run_dir / 'tokenizer' / name}")
+    return None, None
+
+
+def load_step(step_folder: Path) -> TrainedModel:
+    """A step folder's gathered fp32 weights in a BertForPreTraining, with the run's tokenizer."""
     from model import BertConfig, BertForPreTraining
     from trainer import engine
 
     if not (step_folder / checkpoint.MARKER).exists():
         raise UserError(f"{step_folder} is not a complete checkpoint (no {checkpoint.MARKER} marker); pick a finished step")
-    described = json.loads((step_folder.parent.parent / "model_config.json").read_text())
-    shards, tokenizer_file = Path(described.pop("shards")), described.pop("tokenizer_file")
-    model = BertForPreTraining(BertConfig.from_dict(described))
+    run_dir = step_folder.parent.parent
+    described = json.loads((run_dir / "model_config.json").read_text())
+    tokenizer_file, tokenizer_sha256 = run_tokenizer(run_dir, described)
+    model = BertForPreTraining(BertConfig.from_dict(
+        {k: v for k, v in described.items() if k not in ("shards", "tokenizer_file", "tokenizer_sha256")}))
     state = engine.consolidated_state_dict(str(step_folder.parent), step_folder.name)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint {step_folder} does not match its run's model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model, shards, tokenizer_file
+    return TrainedModel(model, tokenizer_file, tokenizer_sha256)
 
 
 def export(step_folder: Path, output: Path) -> Path:
     from model.hf import save_pretrained
 
-    model, shards, tokenizer_file = load_step(step_folder)
-    files = [shards / tokenizer_file] if (shards / tokenizer_file).exists() else []
-    return save_pretrained(model, output, tokenizer_files=tuple(files))
+    trained = load_step(step_folder)
+    files = (trained.tokenizer_file,) if trained.tokenizer_file is not None else ()
+    return save_pretrained(trained.model, output, tokenizer_files=files)
 
 
 def main(argv: list[str] | None = None) -> int:

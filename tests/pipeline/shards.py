@@ -6,11 +6,10 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import webdataset
 
 from pipeline.__main__ import main
-from pipeline.schema import SampleBatch
+from shardformat.schema import RECORD_EXTENSION, SampleBatch, decode_record
 
 
 def prepare(capsys, *args: str) -> tuple[int, str, str]:
@@ -25,7 +24,7 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 
 def read_split(folder: Path, split: str) -> list[SampleBatch]:
-    """Every record of a split through stock WebDataset (default decoders: .npy with allow_pickle=False)."""
+    """Every record of a split through stock WebDataset (no decoding there: records are bytes, decoded by the format module)."""
     manifest = json.loads((folder / "manifest.json").read_text())
     out = []
     for shard in manifest["shards"]:
@@ -33,12 +32,8 @@ def read_split(folder: Path, split: str) -> list[SampleBatch]:
             continue
         data = (folder / shard["path"]).read_bytes()
         assert len(data) == shard["bytes"] and hashlib.sha256(data).hexdigest() == shard["sha256"]
-        records = list(webdataset.WebDataset(str(folder / shard["path"]), shardshuffle=False).decode())
-        batches = [
-            SampleBatch(np.zeros(len(r["samples.npy"]), np.uint64), r["samples.npy"], r["tokens.npy"],
-                        r["masked_lm_positions.npy"], r["masked_input_ids.npy"])
-            for r in records
-        ]
+        records = list(webdataset.WebDataset(str(folder / shard["path"]), shardshuffle=False))
+        batches = [decode_record(r[RECORD_EXTENSION]) for r in records]
         assert sum(len(b) for b in batches) == shard["samples"]
         out.append(SampleBatch.concat(batches))
     return out

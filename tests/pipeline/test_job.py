@@ -26,12 +26,13 @@ def demo_run(tmp_path_factory):
 def test_demo_folder_is_complete_and_balanced(demo_run):
     manifest = json.loads((demo_run / "manifest.json").read_text())
     assert (demo_run / "COMPLETED").exists() and (demo_run / "spm.model").exists()
-    assert manifest["format"] == "bertline-webdataset" and manifest["schema_version"] == 1
+    assert manifest["format"] == "bertline-webdataset" and manifest["schema_version"] == 2
     for split, count in (("train", 8), ("validation", 2)):
         shards = [s for s in manifest["shards"] if s["split"] == split]
         assert len(shards) == count == manifest["splits"][split]["shards"]
         assert len({s["samples"] for s in shards}) == 1  # exactly equal
-        assert 0 <= manifest["splits"][split]["dropped_remainder"] < count
+        per_record = manifest["splits"][split]["samples_per_record"]
+        assert 0 <= manifest["splits"][split]["dropped_remainder"] < count * (per_record + 1)
     assert manifest["tokenizer"]["vocab_size"] == 2000
     assert manifest["config"]["pairs"]["max_seq_length"] == 128
 

@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from pipeline.masking import MaskingSpec, mask_sequence
+from shardformat.masking import MaskingSpec, mask_sequence
 from pipeline.pairs import create_pairs, truncate_pair
-from pipeline.rng import rng_for, stable_hash, unit_interval
+from shardformat.rng import rng_for, stable_hash, unit_interval
 
 
 def test_stable_hash_is_fixed_across_processes():
@@ -149,7 +149,7 @@ def test_truncate_pair_matches_the_token_by_token_reference():
 
 
 def test_held_out_split_depends_on_the_text_only():
-    from pipeline.rng import is_held_out
+    from shardformat.rng import is_held_out
 
     texts = [f"Document number {i} says something." for i in range(4000)]
     share = sum(is_held_out(1, t, 0.1) for t in texts) / len(texts)

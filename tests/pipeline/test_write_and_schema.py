@@ -1,3 +1,6 @@
+"""The shard format's pure parts: the record codec, the streaming shard writer and its index, the spill files
+and the shard plan."""
+
 import hashlib
 import io
 import random
@@ -7,11 +10,15 @@ import numpy as np
 import pytest
 import webdataset
 
-from pipeline.schema import MEMBERS, SampleBatch, token_dtype
-from pipeline.write import balance_plan, samples_per_shard, tar_bytes
+from pipeline.write import (
+    KEY_GROUPS, BucketSummary, SpillReader, SpillWriter, plan_shards, samples_per_shard, shard_count,
+)
+from shardformat.reader import load_index
+from shardformat.schema import INDEX_DTYPE, SampleBatch, decode_record, encode_record, record_hash, token_dtype
+from shardformat.writer import ShardWriter
 
 
-def _batch(n: int, seed: int = 0) -> SampleBatch:
+def _batch(n: int, seed: int = 0, dtype=np.uint16) -> tuple[np.ndarray, SampleBatch]:
     draw = random.Random(seed)
     keys, samples, tokens, positions, ids = [], [], [], [], []
     for _ in range(n):
@@ -23,67 +30,110 @@ def _batch(n: int, seed: int = 0) -> SampleBatch:
         tokens.append(seq)
         positions.append(chosen)
         ids.append([4] * len(chosen))
-    return SampleBatch.from_lists(keys, samples, tokens, positions, ids, dtype=np.dtype(np.uint16))
+    return np.array(keys, dtype=np.uint64), SampleBatch.from_lists(samples, tokens, positions, ids, dtype=np.dtype(dtype))
 
 
-def test_take_and_sort_keep_samples_whole():
-    batch = _batch(50)
-    ordered = batch.sorted_by_key()
-    assert list(ordered.keys) == sorted(batch.keys)
-    original = {int(k): i for i, k in enumerate(batch.keys)}
-    t_off = np.concatenate([[0], np.cumsum(batch.samples[:, 0])])
-    o_off = np.concatenate([[0], np.cumsum(ordered.samples[:, 0])])
-    for j, key in enumerate(ordered.keys):
-        i = original[int(key)]
-        assert (ordered.tokens[o_off[j]:o_off[j + 1]] == batch.tokens[t_off[i]:t_off[i + 1]]).all()
+def _same(a: SampleBatch, b: SampleBatch) -> bool:
+    return all(np.array_equal(getattr(a, name), getattr(b, name)) for name in ("samples", "tokens", "masked_lm_positions", "masked_input_ids"))
 
 
-def test_members_round_trip_and_reject_inconsistent_records():
-    batch = _batch(20)
-    back = SampleBatch.from_members(batch.to_members())
-    for name in ("samples", "tokens", "masked_lm_positions", "masked_input_ids"):
-        assert (getattr(back, name) == getattr(batch, name)).all()
-    members = batch.to_members()
-    members["tokens.npy"] = SampleBatch.from_lists([1], [(3, 2, 0, 0)], [[1, 2, 3]], [[]], [[]], np.dtype(np.uint16)).to_members()["tokens.npy"]
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+def test_records_round_trip_and_reject_inconsistent_bytes(dtype):
+    _, batch = _batch(20, dtype=dtype)
+    data = encode_record(batch)
+    assert len(data) == batch.payload_bytes()
+    assert _same(decode_record(data), batch)
     with pytest.raises(ValueError, match="disagree"):
-        SampleBatch.from_members(members)
+        decode_record(data[:-2])
+    with pytest.raises(ValueError, match="declares"):
+        decode_record(data[:20])
+
+
+def test_take_and_slice_keep_samples_whole():
+    _, batch = _batch(50)
+    order = np.arange(49, -1, -1)
+    reversed_ = batch.take(order)
+    assert _same(reversed_.take(order), batch)
+    assert _same(batch.slice(10, 20), batch.take(np.arange(10, 20)))
 
 
 def test_token_dtype_grows_with_the_vocabulary():
     assert token_dtype(30522) == np.uint16 and token_dtype(65536) == np.uint16 and token_dtype(250_002) == np.int32
 
 
-@pytest.mark.parametrize("counts,num_shards", [
-    ({0: 10, 1: 3, 2: 8, 3: 0}, 4),
-    ({0: 7, 1: 7, 2: 7}, 3),
-    ({0: 1, 5: 40}, 6),
-    ({s: random.Random(s).randint(0, 50) for s in range(16)}, 16),
-])
-def test_rebalancing_gives_every_shard_exactly_n(counts, num_shards):
-    n = samples_per_shard(counts, num_shards)
-    plans = balance_plan(counts, num_shards)
-    final = {s: plans[s].keep for s in range(num_shards)}
-    dropped = 0
-    for shard, plan in plans.items():
-        assert plan.keep + sum(move.count for move in plan.moves) + plan.dropped == counts.get(shard, 0)
-        for move in plan.moves:
-            final[move.destination] += move.count
-        dropped += plan.dropped
-    assert set(final.values()) == {n}
-    assert dropped == sum(counts.values()) - n * num_shards < num_shards
+def _write_shard(batches, samples_per_record):
+    stream = io.BytesIO()
+    writer = ShardWriter(stream, "train-00003", samples_per_record, unk_id=7)
+    for batch in batches:
+        writer.write(batch)
+    written = writer.finish()
+    return stream.getvalue(), written
 
 
-def test_tar_is_deterministic_and_reads_with_stock_webdataset(tmp_path):
-    batch = _batch(70).sorted_by_key()
-    data = tar_bytes(batch, "train", 3, samples_per_record=32)
-    assert data == tar_bytes(batch, "train", 3, samples_per_record=32)
+def test_shard_writer_is_deterministic_streams_records_and_indexes_them(tmp_path):
+    _, batch = _batch(70)
+    # fed in uneven pieces: the records do not depend on how samples arrive
+    data, written = _write_shard([batch.slice(0, 5), batch.slice(5, 40), batch.slice(40, 70)], samples_per_record=16)
+    again, _ = _write_shard([batch], samples_per_record=16)
+    assert data == again and written.bytes == len(data) and written.sha256 == hashlib.sha256(data).hexdigest()
+    index = load_index(written.index, "test")
+    assert index.dtype == INDEX_DTYPE and index["samples"].tolist() == [16, 16, 16, 16, 6]
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = tar.getmembers()
     assert {m.mtime for m in members} == {0} and {m.uname for m in members} == {"bertline"}
-    assert sorted(m.name for m in members[:4]) == sorted(f"train-00003-000000.{name}" for name in MEMBERS)
+    assert [m.name for m in members][:2] == ["train-00003-00000000.rec", "train-00003-00000001.rec"]
+    assert [(m.offset_data, m.size) for m in members] == [(int(o), int(s)) for o, s in index[["offset", "size"]].tolist()]
+    for row in index:
+        record = data[row["offset"]:row["offset"] + row["size"]]
+        assert record_hash(record) == row["blake2b"]
     path = tmp_path / "train-00003.tar"
     path.write_bytes(data)
-    # The default decoder turns .npy into arrays with numpy's allow_pickle=False.
-    records = list(webdataset.WebDataset(str(path), shardshuffle=False).decode())
-    assert [len(r["samples.npy"]) for r in records] == [32, 32, 6]
-    assert hashlib.sha256(data).hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+    records = list(webdataset.WebDataset(str(path), shardshuffle=False))
+    assert _same(SampleBatch.concat([decode_record(r["rec"]) for r in records]), batch)
+    assert written.stats.samples == 70 and written.stats.tokens == int(batch.samples[:, 0].sum())
+
+
+def test_spill_files_return_any_slice_of_any_piece_in_key_order(tmp_path):
+    keys, batch = _batch(3000, seed=1)
+    path = tmp_path / "bucket.spill"
+    with open(path, "wb") as stream:
+        spill = SpillWriter(stream)
+        spill.add_run(keys[:1800], batch.slice(0, 1800))
+        spill.add_run(keys[1800:], batch.slice(1800, 3000))
+        counts, payload = spill.finish()
+    assert counts.shape == (2, KEY_GROUPS) and counts.sum() == 3000 and payload.sum() == batch.payload_bytes() - 8
+    reader = SpillReader(str(path))
+    run, group = 1, int(np.argmax(counts[1]))
+    piece = SampleBatch.concat(list(reader.read(run, group, 0, int(counts[run, group]))))
+    mine = np.flatnonzero((np.arange(3000) >= 1800) & ((keys >> np.uint64(58)).astype(int) == group))
+    assert _same(piece, batch.take(mine[np.argsort(keys[mine], kind="stable")]))
+    part = SampleBatch.concat(list(reader.read(run, group, 3, 5)))
+    assert _same(part, piece.slice(3, 8))
+
+
+@pytest.mark.parametrize("buckets,shards", [(1, 1), (3, 4), (7, None), (5, 13)])
+def test_shard_plan_gives_every_shard_exactly_n_and_drops_only_a_small_tail(buckets, shards):
+    draw = np.random.default_rng(buckets)
+    summaries = [BucketSummary(b, draw.integers(0, 40, (draw.integers(1, 3), KEY_GROUPS)), draw.integers(0, 9000, (1, KEY_GROUPS)), 1)
+                 for b in range(buckets)]
+    total = sum(int(s.counts.sum()) for s in summaries)
+    plans = plan_shards(summaries, "train", 16, shard_mb=1, num_shards=shards)
+    n = plans[0].samples_per_shard
+    assert len(plans) == plans[0].num_shards and (shards is None or len(plans) == shards)
+    assert all(int(p.slices[:, 4].sum()) == n for p in plans) and (n % 16 == 0 or n < 16)
+    assert 0 <= total - n * len(plans) < len(plans) * 17
+    # together the slices cover each piece's samples once, from its start, in (group, bucket, run) order
+    covered = {}
+    for plan in plans:
+        for bucket, run, group, start, count in plan.slices.tolist():
+            assert covered.get((bucket, run, group), 0) == start
+            covered[(bucket, run, group)] = start + count
+    order = [key for key in sorted(covered, key=lambda k: (k[2], k[0], k[1]))]
+    assert list(covered) == order
+
+
+def test_shard_count_follows_the_bytes_unless_fixed():
+    assert shard_count(1000, 300 << 20, 16, shard_mb=256, num_shards=None) == 2
+    assert shard_count(1000, 10 << 20, 16, shard_mb=256, num_shards=None) == 1
+    assert shard_count(1000, 10 << 20, 16, shard_mb=256, num_shards=8) == 8
+    assert samples_per_shard(1000, 3, 16) == 320 and samples_per_shard(20, 3, 16) == 6

@@ -1,16 +1,20 @@
 """The training loader over real shards written by the pipeline: order, partition, elastic resume,
 collation, dynamic masking, integrity checks."""
 
+import json
 import shutil
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
 
 from bertline.errors import UserError
-from pipeline.masking import MaskingSpec
+from shardformat.masking import MaskingSpec
 from trainer.data import (
-    IGNORE_INDEX, LoaderSpec, PretrainingBatches, ShardSet, batches_per_epoch, rank_slice, shard_order, worker_batches,
+    IGNORE_INDEX, LoaderSpec, PretrainingBatches, ShardSet, batches_per_epoch, rank_slice, record_order, shard_order,
+    worker_batches,
 )
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "pipeline" / "demo.yaml"
@@ -22,7 +26,7 @@ def shards(tmp_path_factory) -> Path:
 
     output = tmp_path_factory.mktemp("shards")
     assert main(["--output", str(output), "--config", str(DEMO), "--output.num_shards", "4",
-                 "--output.samples_per_record", "64", "--pairs.dupe_factor", "2"]) == 0
+                 "--output.samples_per_record", "16", "--pairs.dupe_factor", "2"]) == 0
     return output
 
 
@@ -117,27 +121,80 @@ def test_resume_is_a_seek(shards):
     assert loader.batch(0)["sample_index"].tolist() == [400, 401, 402, 403]
 
 
-def test_corrupt_truncated_and_incomplete_shard_folders(shards, tmp_path):
+def test_a_flipped_byte_names_its_shard_and_record(shards, tmp_path, capsys):
+    from shardformat.cli import verify_main
+
     broken = tmp_path / "broken"
     shutil.copytree(shards, broken)
     shard_set = ShardSet.open(broken)
-    path = broken / shard_set.shards[0]["path"]
+    entry = shard_set.shards[0]
+    index = np.load(broken / entry["index"]["path"])
+    path = broken / entry["path"]
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    data[int(index["offset"][1]) + 40] ^= 0xFF  # inside record 1's bytes
     path.write_bytes(bytes(data))
     loader = PretrainingBatches(ShardSet.open(broken), LoaderSpec(micro_batch_size=8, seed=0))
-    with pytest.raises(UserError, match=r"shard .*train-00000\.tar does not match its manifest sha256"):
+    with pytest.raises(UserError, match=r"shard .*train-00000\.tar record 1 \(bytes \d+-\d+\) does not match its index hash"):
         for _ in loader:
             pass
     skipping = PretrainingBatches(ShardSet.open(broken), LoaderSpec(micro_batch_size=8, seed=0, skip_corrupt_shards=True))
     count = sum(1 for _ in skipping)
-    assert count == len(skipping) and skipping.skipped_shards == ["train-00000.tar"]
-    path.write_bytes(bytes(data[: len(data) // 2]))
-    with pytest.raises(UserError, match=r"train-00000\.tar has \d+ bytes but the manifest says \d+: it is truncated"):
+    assert count == len(skipping) and skipping.skipped_records == [("train-00000.tar", 1)]
+    assert verify_main([str(broken)]) == 1
+    captured = capsys.readouterr()
+    assert "train-00000.tar: 2 problem(s)" in captured.out and "train-00001.tar: ok" in captured.out
+    assert "record 1 (bytes" in captured.err and "sha256" in captured.err
+    assert verify_main([str(shards)]) == 0
+
+
+def test_corrupt_index_truncated_and_incomplete_shard_folders(shards, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(shards, broken)
+    shard_set = ShardSet.open(broken)
+    index_path = broken / shard_set.shards[0]["index"]["path"]
+    data = bytearray(index_path.read_bytes())
+    data[-3] ^= 0xFF
+    index_path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"shard index .*train-00000\.idx\.npy does not match its manifest sha256"):
+        for _ in PretrainingBatches(ShardSet.open(broken), LoaderSpec(micro_batch_size=8, seed=0)):
+            pass
+    skipping = PretrainingBatches(ShardSet.open(broken), LoaderSpec(micro_batch_size=8, seed=0, skip_corrupt_shards=True))
+    assert sum(1 for _ in skipping) == len(skipping) and skipping.skipped_shards == ["train-00000.tar"]
+    path = broken / shard_set.shards[1]["path"]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"train-00001\.tar has \d+ bytes but the manifest says \d+: it is truncated"):
         ShardSet.open(broken)
     (broken / "COMPLETED").unlink()
     with pytest.raises(UserError, match="has no COMPLETED marker"):
         ShardSet.open(broken)
+
+
+def test_a_folder_of_the_old_format_is_refused_with_the_fix(shards, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(shards, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 1}))
+    with pytest.raises(UserError, match=r"holds bertline-webdataset format v1, but this bertline reads bertline-webdataset v2 "
+                                        r"\(indexed records\); re-run `bertline prepare` with this version"):
+        ShardSet.open(old)
+
+
+def test_a_rank_reads_only_its_records(shards):
+    shard_set = ShardSet.open(shards)
+    total = sum(s["bytes"] for s in shard_set.shards)
+    for world in (1, 2, 4):
+        loader = PretrainingBatches(shard_set, LoaderSpec(micro_batch_size=16, world_size=world, rank=world - 1, seed=9))
+        batches = sum(1 for _ in loader)
+        assert batches == len(loader)
+        # record bytes only (no tar headers), so a rank reads less than its share of the files
+        assert loader.bytes_read <= 1.05 * total / world
+
+
+def test_record_order_is_a_permutation_fixed_per_epoch_and_shard():
+    first = record_order(1, 0, 3, 160, 16)
+    assert sorted(first) == list(range(10)) and (first == record_order(1, 0, 3, 160, 16)).all()
+    assert not (first == record_order(1, 1, 3, 160, 16)).all() and not (first == record_order(1, 0, 4, 160, 16)).all()
+    assert record_order(1, 0, 0, 10, 16).tolist() == [0]  # a shard smaller than a record
 
 
 def test_advancing_while_iterating_in_process_keeps_the_pass(shards):
