@@ -68,11 +68,12 @@ def timed_process(command: list[str], log: Path) -> float:
 
 def hf_examples(shards: Path) -> list[dict]:
     """Our shards' original (unmasked) sequences as HF examples: input_ids and token_type_ids."""
-    from trainer.data import ShardSet, read_shard
+    from shardformat.reader import read_shard
+    from trainer.data import ShardSet
 
     shard_set, examples = ShardSet.open(shards), []
     for entry in shard_set.shards:
-        data = read_shard(shard_set.folder / entry["path"], entry)
+        data = read_shard(shard_set.folder, entry)
         offsets = np.concatenate([[0], np.cumsum(data.samples[:, 0])])
         for i, (length, segment_a) in enumerate(data.samples[:, :2]):
             ids = data.tokens[offsets[i]:offsets[i] + length].astype(np.int64).tolist()

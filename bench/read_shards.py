@@ -1,4 +1,4 @@
-"""Shard read speed: bertline's record layout (256 samples per tar key) against one sample per tar key,
+"""Shard read speed: bertline's record layout (16 samples per tar key, one member) against one sample per tar key,
 both read with stock WebDataset and decoded to arrays, in the same process on the same samples.
 
     .venv/bin/python bench/read_shards.py
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import record  # noqa: E402
 
 from pipeline.__main__ import main as prepare  # noqa: E402
-from pipeline.schema import SampleBatch  # noqa: E402
+from shardformat.schema import RECORD_EXTENSION, decode_record  # noqa: E402
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -39,7 +39,7 @@ def per_sample_copy(source: Path, target: Path) -> int:
     count = 0
     with open(target, "wb") as handle, webdataset.TarWriter(handle, encoder=False, mtime=0) as tar:
         for group in webdataset.WebDataset(str(source), shardshuffle=False):
-            batch = SampleBatch.from_members({k: v for k, v in group.items() if k.endswith(".npy")})
+            batch = decode_record(group[RECORD_EXTENSION])
             offsets = np.concatenate([[0], np.cumsum(batch.samples[:, 0])])
             masks = np.concatenate([[0], np.cumsum(batch.samples[:, 3])])
             for i in range(len(batch)):
@@ -57,7 +57,7 @@ def per_sample_copy(source: Path, target: Path) -> int:
 def read_records(paths: list[Path]) -> int:
     samples = 0
     for group in webdataset.WebDataset([str(p) for p in paths], shardshuffle=False):
-        batch = SampleBatch.from_members({k: v for k, v in group.items() if k.endswith(".npy")})
+        batch = decode_record(group[RECORD_EXTENSION])
         offsets = np.concatenate([[0], np.cumsum(batch.samples[:, 0])])
         for i in range(len(batch)):  # hand out each sample's tokens, as a loader would
             batch.tokens[offsets[i]:offsets[i + 1]]
@@ -99,7 +99,7 @@ def main() -> int:
     assert n_ours == n_theirs, (n_ours, n_theirs)
     print(f"bench/read_shards.py: {n_ours:,} samples, stock webdataset, 1 core (CPU time, best of 3)")
     print("layout | samples/s per core")
-    print(f"bertline records (256 samples per key) | {n_ours / t_ours:,.0f}")
+    print(f"bertline records (16 samples per key) | {n_ours / t_ours:,.0f}")
     print(f"one sample per key (baseline) | {n_theirs / t_theirs:,.0f}")
     print(f"ratio records ÷ per-sample | {(n_ours / t_ours) / (n_theirs / t_theirs):.1f}")
     record({"what": "shard read speed, records vs one sample per key (stock webdataset, samples/s per core)",

@@ -156,6 +156,16 @@ class ShardFile:
         self.close()
 
 
+def read_shard(folder: Path, entry: dict) -> SampleBatch:
+    """A whole shard's samples in file order, every record checked (for tools and small shards; the trainer
+    reads single records)."""
+    shard = ShardFile(Path(folder), entry)
+    try:
+        return SampleBatch.concat([shard.read_record(number) for number in range(len(shard.index))])
+    finally:
+        shard.close()
+
+
 class CorruptRecord(UserError):
     """A record whose bytes do not match the shard's index."""
 
