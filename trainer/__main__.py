@@ -343,6 +343,11 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
     # First: a preemption signal during the slow start-up (imports, rendezvous) must not kill the rank.
     signals = preemption.StopSignals(Path(config.run_dir) / preemption.STOP_FILE)
     placement = dist.placement(os.environ)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)  # torchrun's name, deepspeed's
+    if local_ranks > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # torchrun's rule for every launcher: one intra-op thread per rank unless OMP_NUM_THREADS says otherwise.
+        # The deepspeed launcher sets none, and a rank's CPU results depend on its thread count.
+        torch.set_num_threads(1)
     device = dist.resolve_device(config.train.device, torch.cuda.is_available())
     if device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would pick CUDA on a GPU node otherwise
