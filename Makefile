@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast bench bench-quick bench-prep bench-prep-quick bench-read bench-model clean
+.PHONY: install demo test test-fast bench bench-quick bench-prep bench-prep-quick bench-read bench-model bench-scale clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ bench-read: $(STAMP)
 
 bench-model: $(STAMP)
 	$(BIN)/python bench/model.py
+
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

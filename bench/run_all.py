@@ -28,6 +28,7 @@ BENCHMARKS = {
     "read_shards": ([], []),
     "model": (["--presets", "tiny", "small", "base", "--repeats", "3"], ["--presets", "tiny", "--repeats", "1"]),
     "loader": ([], []),
+    "scale": ([], ["--quick"]),
     "trainer": (["--steps", "20"], ["--steps", "4"]),
     "resume": ([], ["--repeats", "1"]),
     "quality": ([], ["--quick"]),

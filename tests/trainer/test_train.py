@@ -298,3 +298,41 @@ def test_a_half_written_step_folder_is_replaced_not_mixed(shards, tmp_path):
     (stale / "zero_pp_rank_7_mp_rank_00_optim_states.pt").write_bytes(b"from a 8-rank run")
     _train(shards, run, "--train.max_steps", "2")
     assert (stale / "COMPLETE").exists() and not (stale / "zero_pp_rank_7_mp_rank_00_optim_states.pt").exists()
+
+
+def test_data_smaller_than_one_global_batch_stops_in_one_sentence(shards, tmp_path):
+    command = [sys.executable, "-m", "trainer", "--config", str(ROOT / "configs/train/debug_cpu.yaml"), "--data.shards", str(shards),
+               "--run_dir", str(tmp_path / "run"), "--data.micro_batch_size", "100000", "--train.max_steps", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "fewer than one global batch of 100000 (data.micro_batch_size 100000 × 1 ranks)" in result.stderr
+
+
+def test_a_run_stays_with_its_data_and_its_tokenizer(shards, tmp_path):
+    """The shard folder is prepared again with another tokenizer of the same vocabulary size: --resume refuses
+    it, and export/eval use the tokenizer recorded when the run started."""
+    import hashlib
+    import shutil
+
+    from pipeline.__main__ import main as prepare
+
+    data = tmp_path / "shards"
+    shutil.copytree(shards, data)
+    run = tmp_path / "run"
+    _train(data, run, "--train.max_steps", "2")
+    trained_with = (data / "spm.model").read_bytes()
+    assert prepare(["--output", str(data), "--config", str(ROOT / "configs/pipeline/demo.yaml"), "--overwrite", "--tokenizer.model_type", "bpe"]) == 0
+    assert (data / "spm.model").read_bytes() != trained_with
+    command = [sys.executable, "-m", "trainer", "--config", str(ROOT / "configs/train/debug_cpu.yaml"), "--data.shards", str(data),
+               "--run_dir", str(run), "--train.max_steps", "4"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"checkpoint {run / 'checkpoints' / 'step00000002'} was trained on {data}" in result.stderr
+    assert "now holds other data (its tokenizer, " in result.stderr and "point data.shards at the run's own shards" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "bertline.cli", "export", str(run / "checkpoints" / "step00000002"), str(tmp_path / "hf")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert hashlib.sha256((tmp_path / "hf" / "spm.model").read_bytes()).digest() == hashlib.sha256(trained_with).digest()
+    result = subprocess.run([sys.executable, "-m", "bertline.cli", "eval", str(run / "checkpoints" / "step00000002"), "--shards", str(data)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2 and "was trained with another tokenizer than" in result.stderr, result.stderr[-2000:]
