@@ -86,12 +86,15 @@ class Trainer:
         if placement.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             # The tokenizer travels with the run: export and eval use this copy, whatever the shard folder holds later.
+            # A resumed run keeps what its first start wrote (resume() refuses other data before anything trains).
             tokenizer_copy = self.run_dir / "tokenizer" / shards.tokenizer["file"]
-            tokenizer_copy.parent.mkdir(exist_ok=True)
-            shutil.copyfile(Path(config.data.shards) / shards.tokenizer["file"], tokenizer_copy)
-            (self.run_dir / "model_config.json").write_text(json.dumps(
-                {**self.model_config.to_dict(), "shards": str(Path(config.data.shards).resolve()),
-                 "tokenizer_file": shards.tokenizer["file"], "tokenizer_sha256": shards.tokenizer["sha256"]}, indent=2) + "\n")
+            described = self.run_dir / "model_config.json"
+            if self.saved is None or not described.exists() or not tokenizer_copy.exists():
+                tokenizer_copy.parent.mkdir(exist_ok=True)
+                shutil.copyfile(Path(config.data.shards) / shards.tokenizer["file"], tokenizer_copy)
+                described.write_text(json.dumps(
+                    {**self.model_config.to_dict(), "shards": str(Path(config.data.shards).resolve()),
+                     "tokenizer_file": shards.tokenizer["file"], "tokenizer_sha256": shards.tokenizer["sha256"]}, indent=2) + "\n")
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
             (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
 
