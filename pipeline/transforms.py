@@ -299,7 +299,7 @@ class _RunAccumulator:
     """A bucket's samples since the last spill: Python lists packed into SampleBatch chunks every
     `pack_every` samples (compact), with their keys and a running byte count."""
 
-    def __init__(self, dtype: np.dtype, pack_every: int = 8192):
+    def __init__(self, dtype: np.dtype, pack_every: int = 1024):
         self.dtype, self.pack_every = dtype, pack_every
         self.pending: tuple[list, ...] = ([], [], [], [])
         self.keys: list[int] = []

@@ -42,7 +42,7 @@ from shardformat.writer import ShardWriter, WrittenShard
 SCRATCH = "_scratch"  # spilled samples between the job's steps; removed before COMPLETED is written
 KEY_GROUPS = 64
 CHUNK_SAMPLES = 256
-RUN_BYTES = 64 << 20  # a bucket's samples are spilled whenever this many bytes wait (bounds the task's memory)
+RUN_BYTES = 16 << 20  # a bucket's samples are spilled whenever this many bytes wait (bounds the task's memory)
 RECORD_OVERHEAD = 512 + 256 + 8  # a tar header, half a block of padding on average, the record header
 
 _OUTPUT_NAME = re.compile(

@@ -110,29 +110,37 @@ class ShardSet:
 
 
 class ShardFile:
-    """One shard opened for record reads. The index is checked against the manifest's sha256 when opened;
-    each record against its index hash when read."""
+    """One shard opened for record reads: a descriptor on the tar and one on its index, whose rows are read one
+    at a time (24 bytes each) as records are needed, so a rank's index reads follow its records, not the shard.
 
-    _fd = -1
+    Each record is checked against its index hash when read; a damaged index row shows up there too (the
+    record's bytes then cannot match). The index's own sha256 is `bertline verify`'s to check: it would
+    cost every rank the whole index of every shard it touches."""
+
+    _fd = _index_fd = -1
 
     def __init__(self, folder: Path, entry: dict):
         self.path = folder / entry["path"]
+        self.index_path = folder / entry["index"]["path"]
         self.entry = entry
-        index_path = folder / entry["index"]["path"]
-        data = index_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry["index"]["sha256"]:
-            raise UserError(f"shard index {index_path} does not match its manifest sha256: it is corrupt; restore it or re-run bertline prepare")
-        self.index = load_index(data, index_path)
-        if int(self.index["samples"].sum()) != entry["samples"] or len(self.index) != entry["records"]:
-            raise UserError(f"shard index {index_path} describes {len(self.index)} records of {int(self.index['samples'].sum())} samples, "
-                            f"but the manifest says {entry['records']} of {entry['samples']}; re-run bertline prepare")
+        self._index_fd = os.open(self.index_path, os.O_RDONLY)
+        header = os.pread(self._index_fd, 4096, 0)
+        self._rows_at = _index_data_offset(header, self.index_path, entry["records"])
         self._fd = os.open(self.path, os.O_RDONLY)
-        self.bytes_read = len(data)
+        self.bytes_read = self._rows_at
+
+    def index_row(self, number: int) -> tuple[int, int, int, int]:
+        """(offset, size, samples, sha256) of record `number`."""
+        row = os.pread(self._index_fd, INDEX_DTYPE.itemsize, self._rows_at + number * INDEX_DTYPE.itemsize)
+        self.bytes_read += len(row)
+        if len(row) != INDEX_DTYPE.itemsize:
+            raise CorruptRecord(f"shard index {self.index_path} ends before record {number}; restore it or re-run bertline prepare")
+        return tuple(np.frombuffer(row, dtype=INDEX_DTYPE)[0].tolist())
 
     def read_record(self, number: int) -> SampleBatch:
         """Record `number`, checked against its hash; a mismatch names the shard and record."""
-        offset, size, samples, expected = self.index[number].tolist()
-        data = os.pread(self._fd, size, offset)
+        offset, size, samples, expected = self.index_row(number)
+        data = os.pread(self._fd, size, offset) if size <= self.entry["bytes"] else b""
         self.bytes_read += len(data)
         if len(data) != size or record_hash(data) != expected:
             raise CorruptRecord(
@@ -148,12 +156,27 @@ class ShardFile:
         return batch
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for name in ("_fd", "_index_fd"):
+            if getattr(self, name) >= 0:
+                os.close(getattr(self, name))
+                setattr(self, name, -1)
 
     def __del__(self):
         self.close()
+
+
+def _index_data_offset(header: bytes, where: Path, records: int) -> int:
+    """Where an index's rows start, after checking its .npy header: the dtype and the record count."""
+    stream = io.BytesIO(header)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(stream)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"shard index {where} has no readable .npy header ({exc}); restore it or re-run bertline prepare") from None
+    if dtype != INDEX_DTYPE or shape != (records,) or fortran:
+        raise UserError(f"shard index {where} holds {shape} {dtype}, expected ({records},) {INDEX_DTYPE}; restore it or re-run bertline prepare")
+    return stream.tell()
 
 
 def read_shard(folder: Path, entry: dict) -> SampleBatch:
@@ -161,7 +184,7 @@ def read_shard(folder: Path, entry: dict) -> SampleBatch:
     reads single records)."""
     shard = ShardFile(Path(folder), entry)
     try:
-        return SampleBatch.concat([shard.read_record(number) for number in range(len(shard.index))])
+        return SampleBatch.concat([shard.read_record(number) for number in range(entry["records"])])
     finally:
         shard.close()
 
@@ -183,17 +206,19 @@ def load_index(data: bytes, where: Path | str) -> np.ndarray:
 def verify_shard(folder: Path, entry: dict) -> list[str]:
     """Every check on one shard: size and sha256 of the file and its index, every tar member against the index,
     every record's hash and decoding, the sample count. Returns the problems found (empty: the shard is good)."""
-    path, problems = folder / entry["path"], []
-    if not path.exists():
-        return [f"{path}: missing"]
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    if path.stat().st_size != entry["bytes"] or digest.hexdigest() != entry["sha256"]:
-        problems.append(f"{path}: {path.stat().st_size} bytes, sha256 {digest.hexdigest()[:12]}; the manifest says "
-                        f"{entry['bytes']} bytes, sha256 {entry['sha256'][:12]}")
+    path, index_path, problems = folder / entry["path"], folder / entry["index"]["path"], []
+    for file, size, sha256 in ((path, entry["bytes"], entry["sha256"]), (index_path, entry["index"]["bytes"], entry["index"]["sha256"])):
+        if not file.exists():
+            return problems + [f"{file}: missing"]
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        if file.stat().st_size != size or digest.hexdigest() != sha256:
+            problems.append(f"{file}: {file.stat().st_size} bytes, sha256 {digest.hexdigest()[:12]}; the manifest says "
+                            f"{size} bytes, sha256 {sha256[:12]}")
     try:
+        index = load_index(index_path.read_bytes(), index_path)
         shard = ShardFile(folder, entry)
     except UserError as exc:
         return problems + [str(exc)]
@@ -203,12 +228,12 @@ def verify_shard(folder: Path, entry: dict) -> list[str]:
     except tarfile.TarError as exc:
         problems.append(f"{path}: not a readable tar ({exc})")
         members = []
-    if members and [(m.offset_data, m.size) for m in members] != [(int(o), int(s)) for o, s in shard.index[["offset", "size"]].tolist()]:
+    if members and [(m.offset_data, m.size) for m in members] != [(int(o), int(s)) for o, s in index[["offset", "size"]].tolist()]:
         problems.append(f"{path}: its tar members do not sit where its index says")
     if members and any(not m.name.endswith(f".{RECORD_EXTENSION}") for m in members):
         problems.append(f"{path}: holds members other than .{RECORD_EXTENSION} records")
     samples = 0
-    for number in range(len(shard.index)):
+    for number in range(len(index)):
         try:
             samples += len(shard.read_record(number))
         except (UserError, ValueError) as exc:

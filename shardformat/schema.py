@@ -17,7 +17,7 @@ tokens at those positions. token_type_ids are 0 for the first segment_a_length t
 after. Keeping the original tokens lets a loader re-mask dynamically.
 
 Each shard has an index beside it (`<shard>.idx.npy`, INDEX_DTYPE): every record's byte offset and size in
-the tar, its sample count and a 64-bit BLAKE2b of its bytes, so a reader fetches and checks single records.
+the tar, its sample count and a 64-bit hash of its bytes, so a reader fetches and checks single records.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ SAMPLE_COLUMNS = ("seq_length", "segment_a_length", "is_random_next", "num_maske
 RECORD_EXTENSION = "rec"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _HEADER = struct.Struct("<IB3x")
-INDEX_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u4"), ("samples", "<u4"), ("blake2b", "<u8")])
+INDEX_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u4"), ("samples", "<u4"), ("sha256", "<u8")])
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -45,8 +45,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def record_hash(data: bytes | memoryview) -> int:
-    """The 64-bit BLAKE2b a shard's index keeps for each record (detects any flipped or lost byte)."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    """The 64-bit hash (the first 8 bytes of SHA-256, hardware-accelerated on current CPUs) a shard's index keeps for each record (detects any flipped or lost byte)."""
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -109,6 +109,17 @@ class SampleBatch:
             masked_lm_positions=self.masked_lm_positions[masks[start]:masks[stop]],
             masked_input_ids=self.masked_input_ids[masks[start]:masks[stop]],
         )
+
+    def split(self, bounds) -> list["SampleBatch"]:
+        """Views of consecutive pieces cut before each sample index in `bounds` (ascending)."""
+        bounds = np.asarray(list(bounds), dtype=np.int64)
+        tokens, masks = _offsets(self.samples[:, 0]), _offsets(self.samples[:, 3])
+        edges = np.concatenate([[0], bounds, [len(self)]])
+        return [
+            SampleBatch(self.samples[a:b], self.tokens[tokens[a]:tokens[b]], self.masked_lm_positions[masks[a]:masks[b]],
+                        self.masked_input_ids[masks[a]:masks[b]])
+            for a, b in zip(edges[:-1].tolist(), edges[1:].tolist())
+        ]
 
     def payload_bytes(self) -> int:
         """The size of these samples encoded as one record (header included)."""

@@ -98,9 +98,10 @@ class ShardWriter:
         if self._pending_count >= self.samples_per_record:
             waiting = SampleBatch.concat(self._pending)
             full = len(waiting) - len(waiting) % self.samples_per_record
-            for start in range(0, full, self.samples_per_record):
-                self._record(waiting.slice(start, start + self.samples_per_record))
-            self._pending = [waiting.slice(full, len(waiting))] if full < len(waiting) else []
+            pieces = waiting.split(range(self.samples_per_record, len(waiting), self.samples_per_record))
+            for piece in pieces[:full // self.samples_per_record]:
+                self._record(piece)
+            self._pending = pieces[full // self.samples_per_record:]
             self._pending_count = len(waiting) - full
 
     def _record(self, batch: SampleBatch) -> None:

@@ -90,31 +90,27 @@ class LoaderSpec:
 def collate(batch: schema.SampleBatch, sample_index: np.ndarray, max_predictions: int, pad_id: int,
             length: int) -> dict[str, torch.Tensor]:
     """Samples → padded tensors, vectorized: input ids with the masks applied, type ids, attention mask,
-    masked positions and labels (IGNORE_INDEX in padding slots), NSP labels and global sample indices."""
+    masked positions and labels (IGNORE_INDEX in padding slots), NSP labels and global sample indices.
+
+    The flat columns are laid out sample after sample, and a boolean mask assigns in row-major order, so
+    `padded[valid] = flat` places every sample's tokens (and masks) in its row without an index array."""
     n = len(batch)
-    lengths = batch.samples[:, 0].astype(np.int64)
-    segment_a = batch.samples[:, 1].astype(np.int64)
-    counts = batch.samples[:, 3].astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    mask_starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    column = np.arange(length)[None, :]
-    valid = column < lengths[:, None]  # (batch, length)
-    source = np.where(valid, starts[:, None] + column, 0)
-    tokens = batch.tokens.astype(np.int64)
-    input_ids = np.where(valid, tokens[source] if len(tokens) else 0, pad_id)
-    labels = np.full((n, max_predictions), IGNORE_INDEX, dtype=np.int64)
+    lengths, counts = batch.samples[:, 0], batch.samples[:, 3]
+    valid = np.arange(length) < lengths[:, None]  # (batch, length)
+    input_ids = np.full((n, length), pad_id, dtype=np.int64)
+    input_ids[valid] = batch.tokens
+    used = np.arange(max_predictions) < counts[:, None]  # (batch, max_predictions)
     positions = np.zeros((n, max_predictions), dtype=np.int64)
-    slot = np.arange(max_predictions)[None, :]
-    used = slot < counts[:, None]
-    flat = np.where(used, mask_starts[:, None] + slot, 0)
-    if len(batch.masked_lm_positions):
-        positions = np.where(used, batch.masked_lm_positions.astype(np.int64)[flat], 0)
-        rows = np.broadcast_to(np.arange(n)[:, None], positions.shape)
-        labels = np.where(used, input_ids[rows, positions], IGNORE_INDEX)
-        input_ids[rows[used], positions[used]] = batch.masked_input_ids.astype(np.int64)[flat[used]]
+    positions[used] = batch.masked_lm_positions
+    labels = np.full((n, max_predictions), IGNORE_INDEX, dtype=np.int64)
+    rows = np.nonzero(used)[0]
+    masked_at = positions[used]
+    labels[used] = input_ids[rows, masked_at]
+    input_ids[rows, masked_at] = batch.masked_input_ids
+    token_type_ids = (np.arange(length) >= batch.samples[:, 1:2]) & valid
     return {
         "input_ids": torch.from_numpy(input_ids),
-        "token_type_ids": torch.from_numpy((column >= segment_a[:, None]) & valid).long(),
+        "token_type_ids": torch.from_numpy(token_type_ids.astype(np.int64)),
         "attention_mask": torch.from_numpy(valid.astype(np.int64)),
         "masked_lm_positions": torch.from_numpy(positions),
         "masked_lm_labels": torch.from_numpy(labels),
@@ -169,6 +165,7 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
         self._orders: collections.OrderedDict[tuple[int, int], np.ndarray] = collections.OrderedDict()
         self._records: collections.OrderedDict[tuple[int, int], schema.SampleBatch] = collections.OrderedDict()
         self._bytes_closed = 0
+        self._shard_order: tuple[int, np.ndarray | None] = (-1, None)
         if spec.masking == "dynamic" and masking_spec is None:
             raise UserError("masking: dynamic needs a masking spec (tokenizer ids and masked_lm_prob)")
 
@@ -283,23 +280,27 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
         their indices (positions in the epoch's order) and their ids (shard × samples per shard + place in the
         shard: which sample it is, whatever the epoch)."""
         epoch = self.epoch if epoch is None else epoch
-        per_shard, per_record, records_per_shard = self.shards.samples_per_shard, self.shards.samples_per_record, self.shards.records_per_shard
-        order = shard_order(self.spec.seed, epoch, len(self.shards.shards))
+        per_shard, per_record = self.shards.samples_per_shard, self.shards.samples_per_record
+        if self._shard_order[0] != epoch:
+            self._shard_order = (epoch, shard_order(self.spec.seed, epoch, len(self.shards.shards)))
         indices = np.arange(start, stop)
         blocks, local = np.divmod(indices, per_shard)
-        unique_blocks = np.unique(blocks)
-        shards = np.array([self._shard_for_block(order, int(block)) for block in unique_blocks])[np.searchsorted(unique_blocks, blocks)]
         places, within = np.divmod(local, per_record)
-        records = np.empty_like(places)
-        for shard in np.unique(shards):
-            mine = shards == shard
-            records[mine] = self._record_order(epoch, int(shard))[places[mine]]
-        # read each needed record once, then gather the samples in order
-        keys = shards * records_per_shard + records
-        needed = np.unique(keys)
-        parts = [self._record(int(key) // records_per_shard, int(key) % records_per_shard) for key in needed]
-        starts = np.concatenate([[0], np.cumsum([len(part) for part in parts])[:-1]])
-        data = schema.SampleBatch.concat(parts).take(starts[np.searchsorted(needed, keys)] + within)
+        shards, records = np.empty_like(blocks), np.empty_like(places)
+        for block in range(int(blocks[0]), int(blocks[-1]) + 1):  # one block, or two where a batch spans shards
+            mine = blocks == block
+            shard = self._shard_for_block(self._shard_order[1], block)
+            shards[mine] = shard
+            records[mine] = self._record_order(epoch, shard)[places[mine]]
+        # Samples of one record are consecutive here: read each record once, in order of first use.
+        keys = shards * self.shards.records_per_shard + records
+        runs = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+        parts = [self._record(int(shards[i]), int(records[i])) for i in runs.tolist()]
+        data = schema.SampleBatch.concat(parts)
+        part_starts = np.cumsum([0] + [len(part) for part in parts[:-1]])
+        gather = np.repeat(part_starts, np.append(runs[1:], len(keys)) - runs) + within
+        if len(gather) != len(data) or (gather != np.arange(len(data))).any():  # whole records in order need no gather
+            data = data.take(gather)
         return data, indices, shards * per_shard + records * per_record + within
 
     def batch(self, number: int, epoch: int | None = None, position: int | None = None) -> dict[str, torch.Tensor]:
