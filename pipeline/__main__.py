@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from bertline.config import load_config, parse_overrides
 from bertline.errors import UserError, find_user_error, run_command
 from pipeline.config import PrepareConfig
@@ -64,9 +66,20 @@ def code_revision() -> str:
         return f"bertline-{__version__}"
 
 
-def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuse a folder holding a finished run (unless overwrite) or files bertline did not write; clear
-    bertline's own files from an earlier run; check that the folder is writable."""
+def _names(folder: str) -> dict[str, str]:
+    """File and folder names directly in `folder` → their full paths."""
+    from apache_beam.io.filesystems import FileSystems
+
+    present = [m.path for m in FileSystems.match([FileSystems.join(folder, "*")])[0].metadata_list]
+    return {path.rstrip("/").rsplit("/", 1)[-1]: path for path in present}
+
+
+def prepare_output(output: str, overwrite: bool) -> str:
+    """Check --output and return the staging folder the job writes into (`<output>/_staging`).
+
+    Refuses a folder holding a finished run (unless overwrite) or files bertline did not write, and checks that
+    it is writable. Nothing of an earlier run is deleted here: the new output replaces it only once complete
+    (`swap_into`), so a failed or killed job leaves the previous output as it was."""
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline import write
@@ -74,10 +87,9 @@ def prepare_output(output: str, overwrite: bool) -> None:
     try:
         if "://" not in output:
             Path(output).mkdir(parents=True, exist_ok=True)
-        present = [m.path for m in FileSystems.match([FileSystems.join(output, "*")])[0].metadata_list]
+        names = _names(output)
     except Exception as exc:  # OSError, or Beam's BeamIOError around it
         raise UserError(f"output folder {output} is not writable ({exc.__class__.__name__}); choose another --output or fix its permissions") from None
-    names = {path.rstrip("/").rsplit("/", 1)[-1] for path in present}
     foreign = sorted(name for name in names if not write.is_output_name(name))
     if foreign:
         raise UserError(
@@ -86,20 +98,48 @@ def prepare_output(output: str, overwrite: bool) -> None:
         )
     if write.COMPLETED in names and not overwrite:
         raise UserError(f"output folder {output} already holds a completed run; pass --overwrite to replace it or choose another --output")
+    staging = FileSystems.join(output, write.STAGING)
     try:
-        completed = FileSystems.join(output, write.COMPLETED)
-        if FileSystems.exists(completed):
-            FileSystems.delete([completed])  # first, so a crash below never leaves a stale marker
-        stale = [path for path in present if path.rstrip("/").rsplit("/", 1)[-1] not in (write.COMPLETED, write.SCRATCH)]
-        if stale:
-            FileSystems.delete(stale)
-        write.remove_scratch(output)
+        remove_tree(staging)  # left by a killed job
         probe = FileSystems.join(output, ".bertline-write-probe")
         with FileSystems.create(probe) as handle:
             handle.write(b"ok")
         FileSystems.delete([probe])
     except Exception as exc:  # OSError, or Beam's BeamIOError around it
         raise UserError(f"output folder {output} is not writable ({exc.__class__.__name__}); choose another --output or fix its permissions") from None
+    return staging
+
+
+def remove_tree(folder: str) -> None:
+    """Delete a folder bertline wrote (staging, scratch) and everything in it, if it exists."""
+    import shutil
+
+    from apache_beam.io.filesystems import FileSystems
+
+    if "://" not in folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    files = [m.path for m in FileSystems.match([FileSystems.join(folder, "**")])[0].metadata_list]
+    if files:
+        FileSystems.delete(files)
+
+
+def swap_into(output: str, staging: str) -> None:
+    """Replace the previous run in `output` with the complete one in `staging`: the old marker goes first, the
+    new one comes last, so a reader never sees a marker over a mix of the two."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline import write
+
+    old = {name: path for name, path in _names(output).items() if name not in (write.STAGING,)}
+    if write.COMPLETED in old:
+        FileSystems.delete([old.pop(write.COMPLETED)])
+    if old:
+        FileSystems.delete(list(old.values()))
+    new = sorted(_names(staging).items(), key=lambda item: (item[0] == write.COMPLETED, item[0] == write.MANIFEST, item[0]))
+    for name, path in new:
+        FileSystems.rename([path], [FileSystems.join(output, name)])
+    remove_tree(staging)
 
 
 def check_beam_flags(beam_args: list[str]) -> list[str]:
@@ -201,24 +241,52 @@ def build(pipeline, plan, ranges, given_tokenizer: bytes | None):
     return summaries | "WriteShards" >> transforms.WriteShards(plan)
 
 
-def print_counters(result) -> None:
-    try:
-        counters = result.metrics().query()["counters"]
-    except NotImplementedError:
-        print("counters: this runner does not report Beam metrics; see manifest.json for sample and token totals")
-        return
-    totals: dict[str, int] = {}
-    for counter in counters:
-        # The tokenizer's sampling pass reads the input a second time; count the input once.
-        sampling_pass = counter.key.step.startswith("TrainSentencePiece/")
-        if counter.key.metric.name == "tokenizer_training_sentences":
-            sampling_pass = False
-        if counter.key.metric.namespace == "bertline" and not sampling_pass:
-            name = counter.key.metric.name
-            totals[name] = totals.get(name, 0) + (counter.committed if counter.committed is not None else counter.attempted)
-    print("counters:")
-    for name in sorted(totals):
-        print(f"  {name:36s} {totals[name]:>14,}")
+def print_counters(counters: dict[str, int], heading: str = "counters:") -> None:
+    print(heading)
+    for name in sorted(counters):
+        print(f"  {name:36s} {counters[name]:>14,}")
+
+
+SMALL_CORPUS_BYTES = 64 << 20  # up to this much input, the driver counts documents before the job starts
+
+
+def validation_fraction(config: PrepareConfig, ranges: list, total_bytes: int) -> float:
+    """output.validation_fraction, or on a small corpus the fraction that holds out min_validation_documents.
+
+    Documents are held out by a hash of their text (shardformat.rng.is_held_out), so the driver can find,
+    before any expensive stage, how many a fraction holds out, and the smallest fraction that holds out
+    enough: the k-th smallest hash. Larger corpora hold out plenty at any sensible fraction; reading them
+    twice would cost more than it saves."""
+    from pipeline import read, segment
+    from shardformat import rng
+
+    wanted, fraction = config.output.min_validation_documents, config.output.validation_fraction
+    if fraction == 0 or total_bytes > SMALL_CORPUS_BYTES:
+        return fraction
+    cfg, normalize = config.input, config.normalize
+    scores = []
+    for input_range in ranges:
+        for document in read.read_documents(input_range, cfg.encoding, cfg.text_field, cfg.text_column, lambda _: None,
+                                            max_document_chars=cfg.max_document_chars):
+            sentences = [s for line in document.lines
+                         for s in segment.split_sentences(segment.normalize_line(line, normalize.nfkc), normalize.max_sentence_chars)]
+            if sentences:
+                scores.append(rng.unit_interval(config.seed, "split", "\n".join(sentences)))
+    if not scores:
+        raise UserError(f"the input ({', '.join(sorted({r.path for r in ranges})[:3])}) holds no text; check --input")
+    held = sum(score < fraction for score in scores)
+    if held >= wanted:
+        return fraction
+    if len(scores) < 2 * wanted:
+        raise UserError(
+            f"the corpus has only {len(scores)} documents: too few to hold out output.min_validation_documents={wanted} for "
+            f"validation and train on the rest; set output.validation_fraction 0 (no validation set), lower "
+            f"output.min_validation_documents, or give more input"
+        )
+    raised = float(np.nextafter(sorted(scores)[wanted - 1], 1.0))
+    log.info("validation: %d of the corpus's %d documents fall under output.validation_fraction=%g; holding out %d "
+             "(output.min_validation_documents) with the fraction %.4f", held, len(scores), fraction, wanted, raised)
+    return raised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,45 +316,60 @@ def _run(args: argparse.Namespace, config: PrepareConfig, beam_args: list[str], 
     patterns = args.input or [default_corpus()]
     ranges, described = read.plan_inputs(patterns, config.input.split_bytes)
     given_tokenizer = read_tokenizer_file(config)
-    prepare_output(args.output, args.overwrite)
+    staging = prepare_output(args.output, args.overwrite)
+    total_bytes = sum(f["bytes"] for f in described)
+    held_out = validation_fraction(config, ranges, total_bytes)
     if args.slurm_workers:  # only now that the inputs and the output are known to be good, queue worker jobs
         from pipeline.dask_slurm import DASK_RUNNER, slurm_cluster
 
         address = resources.enter_context(slurm_cluster(args.slurm_workers, config.dask_slurm))
         beam_args = [arg for arg in beam_args if not arg.startswith("--runner=")]  # the default runner was added
         beam_args += [f"--runner={DASK_RUNNER}", f"--dask_client_address={address}"]
-    total_bytes = sum(f["bytes"] for f in described)
     from apache_beam.options.pipeline_options import StandardOptions
 
     runner = PipelineOptions(beam_args).view_as(StandardOptions).runner
     plan = transforms.JobPlan(
         config=config,
-        output=args.output,
+        output=staging,
         num_buckets=max(1, math.ceil(total_bytes / config.pairs.bucket_bytes)),
         total_input_bytes=total_bytes,
         tokenizer_kind="wordpiece" if config.tokenizer.kind == "wordpiece" else "sentencepiece",
         tokenizer_file="vocab.txt" if config.tokenizer.kind == "wordpiece" else "spm.model",
+        validation_fraction=held_out,
         inputs=tuple(described),
         code_revision=code_revision(),
         show_progress=runner == DEFAULT_RUNNER and sys.stderr.isatty(),
     )
     log.info("reading %d files (%d ranges, %.1f MB) into %s", len(described), len(ranges), total_bytes / 1e6, args.output)
-    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    if given_tokenizer is not None:
-        write.write_atomically(FileSystems.join(args.output, plan.tokenizer_file), given_tokenizer)
-    build(pipeline, plan, ranges, given_tokenizer)
-    result = pipeline.run()
     try:
-        result.wait_until_finish()
-        print_counters(result)
-    finally:
-        client = getattr(result, "client", None)  # the DaskRunner leaves its client open
-        if client is not None:
-            client.close()
-    if not FileSystems.exists(FileSystems.join(args.output, write.COMPLETED)):
-        raise UserError(f"the job finished but {args.output} has no COMPLETED marker; the runner dropped the final step (see docs/runners.md)")
+        pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+        if given_tokenizer is not None:
+            write.write_atomically(FileSystems.join(staging, plan.tokenizer_file), given_tokenizer)
+        build(pipeline, plan, ranges, given_tokenizer)
+        result = pipeline.run()
+        try:
+            result.wait_until_finish()
+        finally:
+            client = getattr(result, "client", None)  # the DaskRunner leaves its client open
+            if client is not None:
+                client.close()
+        if not FileSystems.exists(FileSystems.join(staging, write.COMPLETED)):
+            raise UserError(f"the job finished but {staging} has no COMPLETED marker; the runner dropped the final step (see docs/runners.md)")
+    except BaseException:
+        # The counters so far say what the job met before it stopped; the previous output stays as it was.
+        counters = transforms.read_counters(staging)
+        if counters:
+            print_counters(counters, "counters before the job stopped:")
+        try:
+            remove_tree(staging)
+        except Exception as exc:
+            log.warning("could not remove %s (%s); delete it by hand: it holds the failed job's scratch files", staging, exc)
+        raise
+    swap_into(args.output, staging)
     with FileSystems.open(FileSystems.join(args.output, write.MANIFEST)) as handle:
-        return Prepared(args.output, json.loads(handle.read()))
+        manifest = json.loads(handle.read())
+    print_counters(manifest["counters"])
+    return Prepared(args.output, manifest)
 
 
 def summary(output: str, manifest: dict) -> str:

@@ -60,6 +60,11 @@ class TokenizerConfig(Section):
         0.9995, gt=0.0, le=1.0,
         description="Share of characters SentencePiece must cover when training (0.9995 for CJK-heavy text, 1.0 for small alphabets).",
     )
+    byte_fallback: bool = Field(
+        True,
+        description="When training SentencePiece: spell characters outside the vocabulary as UTF-8 byte pieces (256 of the "
+        "vocabulary's entries) instead of [UNK], so no text becomes [UNK] (symbols, accents, rare CJK characters).",
+    )
     sample_sentences: int = Field(
         300_000, ge=100, description="At most this many sentences (a deterministic hash sample of the corpus) train SentencePiece."
     )
@@ -88,9 +93,11 @@ class PairsConfig(Section):
         16 << 20, ge=1 << 10,
         description="Documents are hashed into buckets of about this many input bytes; random-next segments come from the same bucket.",
     )
-    single_sentence_documents: Literal["drop", "random_next"] = Field(
-        "drop",
-        description="A one-sentence document cannot form an actual-next pair: drop it (counted) or pair it with a random segment like Google's script.",
+    single_sentence_documents: Literal["split", "random_next", "drop"] = Field(
+        "split",
+        description="A one-sentence document (or chunk): split it at a token boundary so it gives either NSP label (split); "
+        "always pair it with a random segment, as Google's script does, which skews NSP towards random-next on short "
+        "documents (random_next); or drop the document, and its text with it (drop, counted).",
     )
 
 
@@ -120,6 +127,11 @@ class OutputConfig(Section):
     num_shards: int | None = Field(None, ge=1, description="Fix the train shard count instead (overrides shard_mb). Any count suits any number of ranks: the trainer orders samples, not shards.")
     validation_shards: int | None = Field(None, ge=1, description="Fix the validation shard count instead (overrides shard_mb).")
     validation_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Share of documents (by stable hash) held out for validation; 0 writes no validation set.")
+    min_validation_documents: int = Field(
+        8, ge=1,
+        description="On a corpus of up to 64 MiB, hold out at least this many documents (the fraction is raised for it, and the job "
+        "stops early if the corpus cannot spare them); larger corpora hold out validation_fraction.",
+    )
     samples_per_record: int = Field(
         16, ge=1, le=1 << 16,
         description="Samples per tar record, the unit a rank reads and checks. A micro batch that is a multiple of it reads no byte it does not use.",

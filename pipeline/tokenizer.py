@@ -114,7 +114,8 @@ def load_tokenizer(kind: str, data: bytes, lowercase: bool = True, source: str |
 
 
 def train_sentencepiece(
-    sentences: list[str], *, vocab_size: int, model_type: str, character_coverage: float, threads: int = 1
+    sentences: list[str], *, vocab_size: int, model_type: str, character_coverage: float, threads: int = 1,
+    byte_fallback: bool = True,
 ) -> bytes:
     """Train SentencePiece with BERT's special tokens on `sentences` (already a bounded, ordered sample).
 
@@ -142,6 +143,7 @@ def train_sentencepiece(
             shuffle_input_sentence=False,
             max_sentence_length=1 << 16,
             num_threads=threads,
+            byte_fallback=byte_fallback,  # characters outside the vocabulary become UTF-8 byte pieces, not [UNK]
             minloglevel=2,
         )
     except RuntimeError as exc:
@@ -149,7 +151,8 @@ def train_sentencepiece(
         text = str(exc).strip() or exc.__class__.__name__
         explanation = text.rsplit("] ", 1)[-1].rstrip(".")
         if "smaller than required_chars" in text:
-            advice = "raise tokenizer.vocab_size or lower tokenizer.character_coverage"
+            advice = ("raise tokenizer.vocab_size (byte fallback takes 256 entries) or lower tokenizer.character_coverage"
+                      if byte_fallback else "raise tokenizer.vocab_size or lower tokenizer.character_coverage")
         else:
             advice = "lower tokenizer.vocab_size or give more input"
         raise UserError(

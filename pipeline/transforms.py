@@ -10,9 +10,11 @@ manifest are written by DoFns.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import heapq
 import itertools
+import json
 import logging
 from typing import Any, NamedTuple
 
@@ -64,33 +66,44 @@ class JobPlan:
     total_input_bytes: int
     tokenizer_kind: str  # "sentencepiece" or "wordpiece"
     tokenizer_file: str  # its name in the output folder: spm.model or vocab.txt
+    validation_fraction: float  # output.validation_fraction, raised on a small corpus to hold out enough documents
     inputs: tuple[dict, ...]
     code_revision: str
     show_progress: bool
 
 
+class Counts:
+    """One element's counters. Beam metrics show them live (where the runner reports metrics); the counting
+    steps also save them into the scratch folder under the element's name when it is done, so the manifest
+    sums each element exactly once on any runner, retries included (a retry rewrites the same file)."""
+
+    def __init__(self, mirror: bool = True):
+        self.values: collections.Counter = collections.Counter()
+        self.mirror = mirror
+
+    def inc(self, name: str, amount: int = 1) -> None:
+        if amount:
+            self.values[name] += amount
+            if self.mirror:
+                _counter(name).inc(amount)
+
+    def save(self, output: str, name: str) -> None:
+        write.write_atomically(FileSystems.join(output, write.SCRATCH, "counters", f"{name}.json"),
+                               json.dumps(dict(sorted(self.values.items()))).encode())
+
+
 class DocumentReader:
     """Reads one input range and yields (key, sentences) per non-empty document, counting what it meets.
 
-    Shared by the DoFns that read: the tokenizer's sampling pass and the tokenizing pass.
+    Shared by the DoFns that read: the tokenizer's sampling pass (quiet: it reads the input a second time)
+    and the tokenizing pass, whose counts are the job's.
     """
 
-    def __init__(self, plan: JobPlan, show_progress: bool):
+    def __init__(self, plan: JobPlan, show_progress: bool, quiet: bool = False):
         self.plan = plan
         self.show_progress = show_progress and plan.show_progress
+        self.quiet = quiet
         self._progress = None
-        self.documents = _counter("documents_read")
-        self.chars = _counter("input_chars")
-        self.bad_json = _counter("jsonl_lines_skipped")
-        self.empty = _counter("documents_empty")
-        self.nul = _counter("nul_characters_removed")
-        self.replaced = _counter("replacement_characters")
-        self.split = _counter("documents_split")
-        self.sentence_count = _counter("sentences")
-
-    def _bad_line(self, message: str) -> None:
-        self.bad_json.inc()
-        log.warning("skipped malformed JSON line: %s", message)
 
     def _advance(self, chars: int) -> None:
         if self.show_progress and self._progress is None:
@@ -105,28 +118,34 @@ class DocumentReader:
             self._progress.close()
             self._progress = None
 
-    def documents_of(self, input_range: read.InputRange):
+    def documents_of(self, input_range: read.InputRange, counts: Counts):
         cfg, normalize = self.plan.config.input, self.plan.config.normalize
+
+        def bad_line(message: str) -> None:
+            counts.inc("jsonl_lines_skipped")
+            if not self.quiet:
+                log.warning("skipped malformed JSON line: %s", message)
+
         documents = read.read_documents(
-            input_range, cfg.encoding, cfg.text_field, cfg.text_column, self._bad_line,
-            max_document_chars=cfg.max_document_chars, on_split=self.split.inc,
+            input_range, cfg.encoding, cfg.text_field, cfg.text_column, bad_line,
+            max_document_chars=cfg.max_document_chars, on_split=lambda: counts.inc("documents_split"),
         )
         for document in documents:
             chars = sum(len(line) for line in document.lines)
-            self.documents.inc()
-            self.chars.inc(chars)
+            counts.inc("documents_read")
+            counts.inc("input_chars", chars)
             self._advance(chars)
             sentences: list[str] = []
             for line in document.lines:
                 if "\x00" in line:
-                    self.nul.inc(line.count("\x00"))
+                    counts.inc("nul_characters_removed", line.count("\x00"))
                 if "\ufffd" in line:
-                    self.replaced.inc(line.count("\ufffd"))
+                    counts.inc("replacement_characters", line.count("\ufffd"))
                 sentences.extend(segment.split_sentences(segment.normalize_line(line, normalize.nfkc), normalize.max_sentence_chars))
             if not sentences:
-                self.empty.inc()
+                counts.inc("documents_empty")
                 continue
-            self.sentence_count.inc(len(sentences))
+            counts.inc("sentences", len(sentences))
             yield document.key, sentences
 
 
@@ -137,10 +156,10 @@ class ReadSentencesFn(beam.DoFn):
         self.plan = plan
 
     def setup(self):
-        self.reader = DocumentReader(self.plan, show_progress=False)
+        self.reader = DocumentReader(self.plan, show_progress=False, quiet=True)
 
     def process(self, input_range: read.InputRange):
-        yield from self.reader.documents_of(input_range)
+        yield from self.reader.documents_of(input_range, Counts(mirror=False))
 
 
 class SampleSentencesFn(beam.DoFn):
@@ -184,10 +203,12 @@ class TrainTokenizerFn(beam.DoFn):
         _, scored = element
         cfg = self.plan.config.tokenizer
         sentences = [sentence for _, sentence in sorted(scored)]
-        _counter("tokenizer_training_sentences").inc(len(sentences))
+        counts = Counts()
+        counts.inc("tokenizer_training_sentences", len(sentences))
+        counts.save(self.plan.output, "tokenizer")
         model = tokenizer.train_sentencepiece(
             sentences, vocab_size=cfg.vocab_size, model_type=cfg.model_type, character_coverage=cfg.character_coverage,
-            threads=cfg.training_threads,
+            threads=cfg.training_threads, byte_fallback=cfg.byte_fallback,
         )
         write.write_atomically(FileSystems.join(self.plan.output, self.plan.tokenizer_file), model)
         yield self.plan.tokenizer_file, tokenizer.file_sha256(model)
@@ -242,29 +263,30 @@ class TokenizeRangeFn(beam.DoFn):
         self.reader.close()
 
     def process(self, element):
-        _, records = element
+        index, records = element
         records = list(records)
         input_range, sha256 = _only(records, "range"), _only(records, "tokenizer")
+        counts = Counts()
         if sha256 is None:
             # No tokenizer was trained because no sentence was sampled: the whole input is empty, and the
             # manifest step says so. A range that does hold text means the runner lost the join.
-            if next(iter(self.reader.documents_of(input_range)), None) is not None:
+            if next(iter(self.reader.documents_of(input_range, counts)), None) is not None:
                 raise UserError(f"input range {input_range.path}@{input_range.start} arrived without its tokenizer; the runner lost the join (see docs/runners.md)")
             return
         if sha256 not in self._tokenizers:
             self._tokenizers[sha256] = load_output_tokenizer(self.plan, sha256)
         tok = self._tokenizers[sha256]
         dtype = schema.token_dtype(tok.vocab_size)
-        seed, fraction = self.plan.config.seed, self.plan.config.output.validation_fraction
-        tokens = _counter("tokens")
-        for key, sentences in self.reader.documents_of(input_range):
+        seed, fraction = self.plan.config.seed, self.plan.validation_fraction
+        for key, sentences in self.reader.documents_of(input_range, counts):
             ids = tok.encode(sentences)
             lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
             flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
-            tokens.inc(len(flat))
+            counts.inc("tokens", len(flat))
             split = "validation" if rng.is_held_out(seed, "\n".join(sentences), fraction) else "train"
             bucket = rng.stable_hash(seed, "bucket", key) % self.plan.num_buckets
             yield (split, bucket), TokenizedDoc(key, flat, lengths, sha256)
+        counts.save(self.plan.output, f"range-{index:06d}")
 
 
 def _masking_spec(config: PrepareConfig, tok: tokenizer.Tokenizer) -> masking.MaskingSpec:
@@ -329,9 +351,27 @@ class _RunAccumulator:
         return keys, batch
 
 
+def document_parts(document: TokenizedDoc, part_tokens: int) -> list[TokenizedDocument]:
+    """A document as parts of about part_tokens tokens, cut at sentence boundaries. Parts act as documents for
+    pairing: a long document (a book, a file without blank lines) gives random-next pairs from its own other
+    parts when its bucket holds nothing else, instead of none at all."""
+    lengths = document.lengths
+    ends = np.cumsum(lengths)
+    parts, start, sentence = [], 0, 0
+    while sentence < len(lengths):
+        stop = max(sentence + 1, int(np.searchsorted(ends, (ends[sentence - 1] if sentence else 0) + part_tokens, side="right")))
+        stop = min(stop, len(lengths))
+        end = int(ends[stop - 1])
+        parts.append(TokenizedDocument(document.flat[start:end], lengths[sentence:stop]))
+        start, sentence = end, stop
+    return parts
+
+
 class CreateSamplesFn(beam.DoFn):
     """A bucket of tokenized documents → sentence pairs with masks, spilled in runs to one file in the output's
     scratch folder; emits the counts only: (split, BucketSummary)."""
+
+    PART_SEQUENCES = 16  # documents are paired in parts of this many × max_seq_length tokens
 
     def __init__(self, plan: JobPlan):
         self.plan = plan
@@ -346,30 +386,39 @@ class CreateSamplesFn(beam.DoFn):
             self._tokenizers[sha256] = load_output_tokenizer(self.plan, sha256)
             self._word_starts[sha256] = self._tokenizers[sha256].word_starts()
         tok, word_starts = self._tokenizers[sha256], self._word_starts[sha256]
-        cfg = self.plan.config
+        cfg, counts = self.plan.config, Counts()
         spec = _masking_spec(cfg, tok)
-        bucket_documents = [TokenizedDocument(document.flat, document.lengths) for document in documents]
+        keys, parts = [], []
+        for document in documents:
+            if int((document.lengths > 0).sum()) < 2:
+                counts.inc("single_sentence_documents")
+                if cfg.pairs.single_sentence_documents == "drop":
+                    counts.inc("single_sentence_documents_dropped")
+                    counts.inc("tokens_dropped", int(document.lengths.sum()))
+                    continue
+            for number, part in enumerate(document_parts(document, self.PART_SEQUENCES * cfg.pairs.max_seq_length)):
+                keys.append(f"{document.key}#{number}" if number else document.key)
+                parts.append(part)
         accumulator = _RunAccumulator(schema.token_dtype(tok.vocab_size))
         cls_id, sep_id = tok.special_ids["[CLS]"], tok.special_ids["[SEP]"]
         starts_table = word_starts if cfg.masking.whole_word else None
-        created = 0
+        lone = "random_next" if cfg.pairs.single_sentence_documents == "random_next" else "split"
+        balance = pairs.NspBalance(cfg.pairs.random_next_prob)  # the bucket's random-next share, kept on target
         with write.atomic_output(FileSystems.join(self.plan.output, write.SCRATCH, write.spill_name(split, bucket))) as stream:
             spill = write.SpillWriter(stream)
-            for index, document in enumerate(documents):
-                key = document.key
-                if int((document.lengths > 0).sum()) < 2:
-                    _counter("single_sentence_documents").inc()
-                # The document being paired is read on every pass: convert it once, put it back afterwards.
-                compact = bucket_documents[index]
-                bucket_documents[index] = list(compact)
+            for index, key in enumerate(keys):
+                # The part being paired is read on every pass: convert it once, put it back afterwards.
+                compact = parts[index]
+                parts[index] = list(compact)
                 for dupe in range(cfg.pairs.dupe_factor):
                     draw = rng.rng_for(cfg.seed, "pairs", key, dupe)
                     made = pairs.create_pairs(
-                        bucket_documents, index, draw,
+                        parts, index, draw,
                         max_seq_length=cfg.pairs.max_seq_length,
                         short_seq_prob=cfg.pairs.short_seq_prob,
                         random_next_prob=cfg.pairs.random_next_prob,
-                        allow_single_sentence=cfg.pairs.single_sentence_documents == "random_next",
+                        lone_sentences=lone,
+                        balance=balance,
                     )
                     for pair in made:
                         tokens = [cls_id, *pair.tokens_a, sep_id, *pair.tokens_b, sep_id]
@@ -377,17 +426,19 @@ class CreateSamplesFn(beam.DoFn):
                         masked = masking.mask_sequence(tokens, draw, spec, starts)
                         row = (len(tokens), len(pair.tokens_a) + 2, int(pair.is_random_next), len(masked.positions))
                         accumulator.add(draw.getrandbits(64), row, tokens, masked)
-                        created += 1
+                        counts.inc("tokens_truncated", pair.truncated)
+                        counts.inc("random_next_unavailable", int(pair.random_next_unavailable))
+                    counts.inc(f"{split}_samples_created", len(made))
                     if accumulator.bytes >= write.RUN_BYTES:
                         spill.add_run(*accumulator.take())
-                bucket_documents[index] = compact
+                parts[index] = compact
             taken = accumulator.take()
             if taken is not None:
                 spill.add_run(*taken)
-            counts, payload = spill.finish()
-        _counter(f"{split}_samples_created").inc(created)
-        if created:
-            yield split, write.BucketSummary(bucket, counts, payload, tok.special_ids["[UNK]"])
+            shape, payload = spill.finish()
+        counts.save(self.plan.output, f"{split}-bucket-{bucket:06d}")
+        if shape.sum():
+            yield split, write.BucketSummary(bucket, shape, payload, tok.special_ids["[UNK]"])
 
 
 class PlanShardsFn(beam.DoFn):
@@ -405,9 +456,6 @@ class PlanShardsFn(beam.DoFn):
             setting = "output.num_shards" if split == "train" else "output.validation_shards"
             raise UserError(f"the {split} split has only {total} samples, fewer than its {num_shards(self.plan.config, split)} shards; "
                             f"lower {setting} (or leave it unset: shards then follow output.shard_mb) or give more input")
-        dropped = plans[0].split_total - plans[0].num_shards * plans[0].samples_per_shard
-        if dropped:
-            _counter(f"{split}_samples_dropped_remainder").inc(dropped)
         for shard_plan in plans:
             yield (split, shard_plan.shard), shard_plan
 
@@ -421,9 +469,19 @@ class WriteShardFn(beam.DoFn):
     def process(self, element):
         _, (shard_plan,) = element
         entry = write.write_shard(self.plan.output, shard_plan, self.plan.config.output.samples_per_record)
-        _counter("shards_written").inc()
-        _counter("shard_bytes").inc(entry["bytes"])
         yield None, {**entry, "split_total": shard_plan.split_total}
+
+
+def read_counters(output: str) -> dict[str, int]:
+    """The sum of every counting element's saved counters (empty before any element finished)."""
+    totals: collections.Counter = collections.Counter()
+    pattern = FileSystems.join(output, write.SCRATCH, "counters", "*.json")
+    for metadata in FileSystems.match([pattern])[0].metadata_list:
+        if ".tmp-" in metadata.path:
+            continue
+        with FileSystems.open(metadata.path) as handle:
+            totals.update(json.loads(handle.read()))
+    return dict(sorted(totals.items()))
 
 
 class WriteManifestFn(beam.DoFn):
@@ -461,9 +519,14 @@ class WriteManifestFn(beam.DoFn):
                                        cfg.output.samples_per_record, cfg.pairs.max_seq_length)
             for split in write.SPLITS if split in totals
         }
+        counters = read_counters(self.plan.output)
+        for split, summary in summaries.items():
+            counters[f"{split}_samples_dropped_remainder"] = summary["dropped_remainder"]
+        counters["shards_written"] = len(entries)
+        config = cfg.model_dump(mode="json", exclude={"dask_slurm"})
+        config["output"]["validation_fraction_effective"] = self.plan.validation_fraction
         manifest = write.build_manifest(
-            entries, summaries, cfg.model_dump(mode="json", exclude={"dask_slurm"}), tokenizer_entry,
-            list(self.plan.inputs), self.plan.code_revision, {},
+            entries, summaries, config, tokenizer_entry, list(self.plan.inputs), self.plan.code_revision, counters,
         )
         write.write_atomically(FileSystems.join(self.plan.output, write.MANIFEST), write.manifest_bytes(manifest))
         write.remove_scratch(self.plan.output)

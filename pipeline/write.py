@@ -8,8 +8,8 @@ How samples reach shards, every step deterministic whatever the runner or worker
    CHUNK_SAMPLES samples, and a footer lists every chunk. The task emits only counts (`BucketSummary`).
 2. **Plan** (`plan_shards`, pure). A split's samples are ordered by (group, bucket, run, key). Knowing every
    piece's count and bytes, the shard count follows from `output.shard_mb` (or is `output.num_shards`),
-   every shard gets exactly n samples (a multiple of the record size once n reaches it), shard s takes
-   positions [s·n, (s+1)·n) and the tail, fewer than shards × (record size + 1) samples, is dropped.
+   every shard gets exactly n samples (a multiple of the record size where that drops at most 1% of them),
+   shard s takes positions [s·n, (s+1)·n) and the tail, fewer than shards × (record size + 1), is dropped.
 3. **Write.** One task per shard streams its slices of the scratch files through a `ShardWriter`: memory is
    one chunk and one record, whatever the shard size.
 
@@ -40,13 +40,14 @@ from shardformat.schema import FORMAT, SCHEMA_VERSION, SampleBatch, decode_recor
 from shardformat.writer import ShardWriter, WrittenShard
 
 SCRATCH = "_scratch"  # spilled samples between the job's steps; removed before COMPLETED is written
+STAGING = "_staging"  # the job writes here; the finished folder then replaces the output's previous contents
 KEY_GROUPS = 64
 CHUNK_SAMPLES = 256
 RUN_BYTES = 16 << 20  # a bucket's samples are spilled whenever this many bytes wait (bounds the task's memory)
 RECORD_OVERHEAD = 512 + 256 + 8  # a tar header, half a block of padding on average, the record header
 
 _OUTPUT_NAME = re.compile(
-    r"^((train|validation)-\d{5}\.(tar|idx\.npy)|manifest\.json|COMPLETED|spm\.model|vocab\.txt|_scratch|\.bertline-write-probe)"
+    r"^((train|validation)-\d{5}\.(tar|idx\.npy)|manifest\.json|COMPLETED|spm\.model|vocab\.txt|_scratch|_staging|\.bertline-write-probe)"
     r"(\.tmp-[0-9a-f]+)?$"
 )
 _CHUNK_DTYPE = np.dtype([("run", "<u4"), ("group", "<u4"), ("offset", "<u8"), ("size", "<u4"), ("samples", "<u4")])
@@ -224,10 +225,11 @@ def shard_count(samples: int, payload: int, samples_per_record: int, shard_mb: i
 
 
 def samples_per_shard(total: int, shards: int, samples_per_record: int) -> int:
-    """n: every shard gets exactly n samples; a multiple of the record size once n reaches it, so that every
-    record is full and a micro batch that is a multiple of the record size reads whole records."""
+    """n: every shard gets exactly n samples; a multiple of the record size when that drops at most 1% of them,
+    so that every record is full and a micro batch that is a multiple of the record size reads whole records
+    (a small shard keeps its samples and ends with a partial record instead)."""
     n = total // shards
-    return n - n % samples_per_record if n >= samples_per_record else n
+    return n - n % samples_per_record if n % samples_per_record <= n // 100 else n
 
 
 def plan_shards(summaries: list[BucketSummary], split: str, samples_per_record: int, shard_mb: int,

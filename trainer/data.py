@@ -241,7 +241,7 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
 
     def _record(self, shard: int, record: int) -> schema.SampleBatch:
         """A decoded record (a few cached). Under skip_corrupt_shards a corrupt record is served by the next good
-        full record of its shard, so every rank still gets full batches; it is logged and listed in skipped_records."""
+        record of its size in its shard, so every rank still gets full batches; it is logged and listed in skipped_records."""
         key = (shard, record)
         if key not in self._records:
             file, records = self._file(shard), self.shards.records_per_shard
@@ -257,7 +257,9 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
                     log.warning("skipping corrupt record (skip_corrupt_shards): %s", exc)
                     self._skipped_records.add((shard, candidate))
                     continue
-                if len(batch) == self.shards.samples_per_record or records == 1:
+                needed = self._record_size(record)
+                if len(batch) >= needed:
+                    batch = batch if len(batch) == needed else batch.slice(0, needed)
                     break
             else:
                 raise UserError(f"every record of shard {file.path} is corrupt; re-run bertline prepare")
@@ -265,6 +267,11 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
                 self._records.popitem(last=False)
             self._records[key] = batch
         return self._records[key]
+
+    def _record_size(self, record: int) -> int:
+        """Samples in a shard's record `record`: full, but the last of a shard whose size is not a multiple."""
+        per_record = self.shards.samples_per_record
+        return min(per_record, self.shards.samples_per_shard - record * per_record)
 
     def _shard_for_block(self, order: np.ndarray, block: int) -> int:
         # Policy for a shard with a corrupt index (skip_corrupt_shards): its block is served by the next good

@@ -23,7 +23,7 @@ def _bucket(num_docs=6, sentences=12, length=9):
     return [[[next(counter) for _ in range(length)] for _ in range(sentences)] for _ in range(num_docs)]
 
 
-PAIR_ARGS = dict(max_seq_length=32, short_seq_prob=0.1, random_next_prob=0.5, allow_single_sentence=False)
+PAIR_ARGS = dict(max_seq_length=32, short_seq_prob=0.1, random_next_prob=0.5)
 
 
 def test_pairs_fit_the_length_and_actual_next_continues_the_document():
@@ -55,22 +55,58 @@ def test_same_rng_same_pairs():
     assert create_pairs(bucket, 1, rng_for(7, "d", 0), **PAIR_ARGS) == create_pairs(bucket, 1, rng_for(7, "d", 0), **PAIR_ARGS)
 
 
-def test_single_sentence_document_is_dropped_or_random_paired():
-    bucket = _bucket()
-    bucket[0] = bucket[0][:1]
-    assert create_pairs(bucket, 0, random.Random(0), **PAIR_ARGS) == []
-    kept = create_pairs(bucket, 0, random.Random(0), **{**PAIR_ARGS, "allow_single_sentence": True})
-    assert kept and all(p.is_random_next for p in kept)
+def test_a_single_sentence_document_gives_both_labels_and_keeps_its_text():
+    bucket = _bucket(num_docs=8, sentences=12, length=9)
+    bucket[0] = [list(range(5000, 5020))]  # one sentence of 20 tokens
+    labels, own_in_a = [], set()
+    for seed in range(400):
+        for pair in create_pairs(bucket, 0, random.Random(seed), **PAIR_ARGS):
+            labels.append(pair.is_random_next)
+            own_in_a |= set(pair.tokens_a)
+            if not pair.is_random_next:  # A and B are the sentence (or what is left of it) cut in two, in order
+                joined = pair.tokens_a + pair.tokens_b
+                assert joined == list(range(joined[0], joined[0] + len(joined))) and pair.tokens_a and pair.tokens_b
+    assert 0.45 < sum(labels) / len(labels) < 0.55
+    assert own_in_a == set(range(5000, 5019))  # every token but the last starts some segment A
+    google = [p.is_random_next for seed in range(50)
+              for p in create_pairs(bucket, 0, random.Random(seed), **{**PAIR_ARGS, "lone_sentences": "random_next"})]
+    assert google and all(google)
+
+
+def test_the_label_does_not_follow_document_length():
+    """Short documents (Wikipedia leads) and long ones give random-next at the same rate."""
+    draw = random.Random(5)
+    counter = iter(range(10**7))
+    bucket = [[[next(counter) for _ in range(draw.randint(4, 30))] for _ in range(draw.choice([1, 2, 3, 40]))] for _ in range(300)]
+    by_length = {"short": [], "long": []}
+    for index, document in enumerate(bucket):
+        for pair in create_pairs(bucket, index, random.Random(index), **{**PAIR_ARGS, "max_seq_length": 128}):
+            by_length["short" if len(document) <= 3 else "long"].append(pair.is_random_next)
+    for labels in by_length.values():
+        assert 0.45 < sum(labels) / len(labels) < 0.55, {k: sum(v) / len(v) for k, v in by_length.items()}
+
+
+def test_long_sentences_are_cut_by_tokens_not_truncated_away():
+    """Text without punctuation: one 600-token "sentence" per document. Cut into pieces of half the target,
+    it keeps nearly all its tokens; as one segment it would lose most of them to truncation."""
+    counter = iter(range(10**7))
+    bucket = [[[next(counter) for _ in range(600)]] for _ in range(10)]
+    kept = truncated = 0
+    for index in range(10):
+        for pair in create_pairs(bucket, index, random.Random(index), **{**PAIR_ARGS, "max_seq_length": 128}):
+            kept += len(pair.tokens_a) + (0 if pair.is_random_next else len(pair.tokens_b))
+            truncated += pair.truncated
+    assert truncated < 0.1 * (kept + truncated) and kept > 0.8 * 6000
 
 
 def test_lone_document_falls_back_to_actual_next():
     pairs = create_pairs(_bucket(num_docs=1), 0, random.Random(3), **{**PAIR_ARGS, "random_next_prob": 1.0})
-    assert pairs and not any(p.is_random_next for p in pairs)
+    assert pairs and not any(p.is_random_next for p in pairs) and all(p.random_next_unavailable for p in pairs)
 
 
 def test_truncate_pair_trims_the_longer_side():
     a, b = list(range(20)), list(range(5))
-    truncate_pair(a, b, 12, random.Random(0))
+    assert truncate_pair(a, b, 12, random.Random(0)) == (13, 0)
     assert len(a) + len(b) == 12 and len(b) == 5
 
 
