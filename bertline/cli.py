@@ -13,6 +13,7 @@ commands:
   export    a training checkpoint → a HuggingFace BERT folder
   eval      held-out MLM/NSP loss and accuracy of a checkpoint (or HuggingFace folder) on a shard folder
   verify    check every shard, index and record of a shard folder against its manifest
+  inspect   a shard folder's data card (NSP balance, [UNK] rate, lengths, counters) and samples decoded to text
 
 Run `bertline <command> --help` for a command's options."""
 
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.export import main as export
 
         return export(rest)
+    if command == "inspect":
+        from shardformat.cli import inspect_main
+
+        return inspect_main(rest)
     if command == "verify":
         from shardformat.cli import verify_main
 

@@ -108,7 +108,12 @@ class MaskingConfig(Section):
     max_predictions_per_seq: int = Field(20, ge=1, description="Upper bound on predicted tokens per sample.")
     mask_token_prob: float = Field(0.8, ge=0.0, le=1.0, description="Of chosen tokens, the share replaced by [MASK].")
     random_token_prob: float = Field(0.1, ge=0.0, le=1.0, description="Of chosen tokens, the share replaced by a random token (the rest stay).")
-    whole_word: bool = Field(False, description="Choose whole words: WordPiece ## continuations, SentencePiece ▁ word starts, each CJK piece a word.")
+    whole_word: bool = Field(False, description="Choose whole words: WordPiece ## continuations, SentencePiece ▁ word starts; CJK text by masking.cjk_words.")
+    cjk_words: Literal["jieba", "characters"] = Field(
+        "jieba",
+        description="With whole_word, what a word is in Chinese text, which has no spaces: jieba's segmentation of the sentence "
+        "(as Chinese-BERT-wwm does with LTP), or each CJK piece alone (Google's rule, which masks single characters).",
+    )
 
     @model_validator(mode="after")
     def _probabilities_sum(self) -> "MaskingConfig":

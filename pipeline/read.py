@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import gzip
 import json
+import os
 import zlib
 from typing import Iterator
 
@@ -63,6 +64,8 @@ def plan_inputs(patterns: list[str], split_bytes: int) -> tuple[list[InputRange]
     """
     files: dict[str, int] = {}
     for pattern in patterns:
+        if "://" not in pattern and os.path.isdir(pattern):
+            raise UserError(f"input {pattern!r} is a folder; give a glob of its files, e.g. --input '{pattern.rstrip('/')}/*.txt'")
         try:
             matched = FileSystems.match([pattern])[0].metadata_list
         except Exception as exc:  # Beam raises BeamIOError/ValueError for unknown schemes and bad paths
@@ -123,6 +126,41 @@ def _decode(raw: bytes, encoding: str) -> str:
     return raw.decode(encoding, errors="replace").rstrip("\r\n")
 
 
+_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+
+
+class TextCheck:
+    """Stops on input that is not text in the configured encoding, naming the file, instead of turning it into
+    garbage samples: a UTF-16/32 byte-order mark at the start of a file, or, in the first CHECKED characters of
+    any range, more than MAX_BAD of them NUL or undecodable (binary files; UTF-16 without a mark: every other
+    byte NUL). Real text with a few bad bytes stays far below (they become U+FFFD and are counted)."""
+
+    CHECKED = 1 << 16
+    MAX_BAD = 0.01
+
+    def __init__(self, input_range: InputRange):
+        self.path, self.seen, self.bad = input_range.path, 0, 0
+        self.first = input_range.start == 0
+
+    def __call__(self, raw: bytes, text: str) -> None:
+        if self.first:
+            self.first = False
+            for bom, name in _BOMS.items():
+                if raw.startswith(bom):
+                    raise UserError(f"input file {self.path} is {name} text (it starts with a {name} byte-order mark); convert it "
+                                    f"to UTF-8 (iconv -f {name} -t UTF-8) or remove it from --input")
+        if self.seen >= self.CHECKED:
+            return
+        self.seen += len(text)
+        self.bad += text.count("\x00") + text.count("\ufffd")
+        if self.seen >= min(self.CHECKED, 256) and self.bad > self.MAX_BAD * self.seen:
+            raise UserError(
+                f"input file {self.path} does not look like text: {self.bad} of its first {self.seen} characters are NUL bytes "
+                f"or not valid in the input encoding (a binary file, or UTF-16 without a byte-order mark); remove it from "
+                f"--input or convert it to UTF-8 text"
+            )
+
+
 def _txt_documents(input_range: InputRange, stream, encoding: str, max_chars: int, on_split) -> Iterator[Document]:
     """Documents of a BERT-format text range.
 
@@ -137,8 +175,10 @@ def _txt_documents(input_range: InputRange, stream, encoding: str, max_chars: in
     lines: list[str] = []
     chars = 0
     first_offset = 0
+    check = TextCheck(input_range)
     for offset, raw in _lines(input_range, stream):
         text = _decode(raw, encoding)
+        check(raw, text)
         if not text.strip():
             if lines:
                 yield Document(f"{input_range.file_index}:{first_offset}", lines)
@@ -163,10 +203,12 @@ def _txt_documents(input_range: InputRange, stream, encoding: str, max_chars: in
 def _jsonl_documents(input_range: InputRange, stream, encoding: str, field: str, on_bad_line) -> Iterator[Document]:
     """One document per JSON line whose first byte lies in the range; bad lines are reported and skipped."""
     end = input_range.end
+    check = TextCheck(input_range)
     for offset, raw in _lines(input_range, stream):
         if end is not None and offset >= end:
             return
         text = _decode(raw, encoding)
+        check(raw, text)
         if not text.strip():
             continue
         try:

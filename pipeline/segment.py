@@ -13,10 +13,14 @@ _SPACES = re.compile(r"\s+")
 # A candidate sentence end: terminators, then closing quotes/brackets, then the following whitespace.
 _END = re.compile(r"([。！？!?]+|\.{1,3}|…+)([\"'”’」』）)\]》〉]*)(\s*)")
 _CJK_TERMINATORS = frozenset("。！？")
+_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\uff00]")
+# "etc." is left out: before a capital it ends a sentence far more often than not ("…, etc. The next").
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st jr sr vs etc e.g i.e no vol fig inc ltd co corp gen col lt sgt capt rev hon mt ft "
+    "mr mrs ms dr prof st jr sr vs e.g i.e inc ltd co corp gen col lt sgt capt rev hon mt ft "
     "jan feb mar apr jun jul aug sep sept oct nov dec u.s u.k a.m p.m".split()
 )
+# Abbreviations only before a number: "No. 5", "vol. 2", but "said no. It" ends a sentence.
+_NUMBER_ABBREVIATIONS = frozenset("no nos vol vols fig figs pp art sec ch".split())
 _WORD_BEFORE = re.compile(r"([\w.]+)$")
 
 
@@ -28,12 +32,14 @@ def normalize_line(line: str, nfkc: bool = False) -> str:
     return _SPACES.sub(" ", line).strip()
 
 
-def _is_abbreviation(text: str, dot_index: int) -> bool:
+def _is_abbreviation(text: str, dot_index: int, following: str) -> bool:
     # Look back a bounded window only: scanning from 0 would make long paragraphs quadratic.
     match = _WORD_BEFORE.search(text, max(0, dot_index - 16), dot_index)
     if not match:
         return False
     word = match.group(1).lower().rstrip(".")
+    if word in _NUMBER_ABBREVIATIONS:
+        return following.isdigit()
     # One capital letter before a dot is an initial ("J. R. R. Tolkien"), not a sentence end.
     return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
 
@@ -66,13 +72,13 @@ def split_sentences(text: str, max_chars: int = 2000) -> list[str]:
         terminator, _, space = match.groups()
         boundary = match.end(2)
         following = text[match.end():match.end() + 1]
-        if terminator[0] in _CJK_TERMINATORS:
-            pass
+        if terminator[0] in _CJK_TERMINATORS or (terminator[0] == "…" and _CJK.match(following)):
+            pass  # CJK text needs no space after a terminator; "……" before a CJK character ends a sentence too
         elif not space and following:
             continue  # "3.14", "e.g.x", "Hello!World": no break without whitespace
         elif following and following.islower():
             continue
-        elif terminator == "." and _is_abbreviation(text, match.start(1)):
+        elif terminator == "." and _is_abbreviation(text, match.start(1), following):
             continue
         sentence = text[start:boundary].strip()
         if sentence:

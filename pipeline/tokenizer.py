@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 from typing import Protocol
 
@@ -26,6 +27,11 @@ class Tokenizer(Protocol):
 
     def word_starts(self) -> list[bool]:
         """For each id: does a token with this id begin a word (for whole-word masking)?"""
+        ...
+
+    def encode_words(self, sentences: list[str], cjk_words: str) -> list[tuple[list[int], list[bool]]]:
+        """Ids and, per token, whether it begins a word: by the vocabulary outside CJK text; inside it, by jieba's
+        segmentation of the sentence (cjk_words="jieba") or one word per CJK piece ("characters")."""
         ...
 
 
@@ -72,6 +78,26 @@ class SentencePieceTokenizer:
             starts.append(piece.startswith("\u2581") or bool(_CJK.search(piece)) or self._sp.is_control(i))
         return starts
 
+    def encode_words(self, sentences: list[str], cjk_words: str) -> list[tuple[list[int], list[bool]]]:
+        table = self._table if hasattr(self, "_table") else self.__dict__.setdefault("_table", self.word_starts())
+        out = []
+        for sentence, proto in zip(sentences, self._sp.encode(sentences, return_type="proto", num_threads=1)):
+            ids = [piece.id for piece in proto.pieces]
+            starts = [table[i] for i in ids]
+            if cjk_words == "jieba" and _CJK.search(sentence):
+                raw = sentence.encode("utf-8")
+                boundaries = jieba_starts(sentence, in_bytes=True)
+                previous = -1
+                for k, piece in enumerate(proto.pieces):
+                    # byte-fallback pieces of one character share its offset: only the first can begin a word
+                    if piece.begin == previous:
+                        starts[k] = False
+                    elif _CJK.match(raw[piece.begin:piece.begin + 4].decode("utf-8", errors="ignore")[:1]):
+                        starts[k] = piece.begin in boundaries
+                    previous = piece.begin
+            out.append((ids, starts))
+        return out
+
 
 class WordPieceTokenizer:
     kind = "wordpiece"
@@ -104,6 +130,35 @@ class WordPieceTokenizer:
 
     def word_starts(self) -> list[bool]:
         return [not token.startswith("##") for token in self._tokens]
+
+    def encode_words(self, sentences: list[str], cjk_words: str) -> list[tuple[list[int], list[bool]]]:
+        table = self._table if hasattr(self, "_table") else self.__dict__.setdefault("_table", self.word_starts())
+        out = []
+        for sentence, encoding in zip(sentences, self._hf.encode_batch(sentences, add_special_tokens=False)):
+            starts = [table[i] for i in encoding.ids]
+            if cjk_words == "jieba" and _CJK.search(sentence):
+                boundaries = jieba_starts(sentence, in_bytes=False)
+                for k, (begin, _) in enumerate(encoding.offsets):
+                    if _CJK.match(sentence[begin:begin + 1]):
+                        starts[k] = begin in boundaries
+            out.append((encoding.ids, starts))
+        return out
+
+
+def jieba_starts(sentence: str, in_bytes: bool) -> set[int]:
+    """Offsets (characters, or UTF-8 bytes) where jieba's segmentation of the sentence starts a word. jieba's
+    dictionary ships inside its package; it is loaded once per process."""
+    import jieba
+
+    if not getattr(jieba_starts, "ready", False):
+        jieba.setLogLevel(logging.WARNING)  # its "Building prefix dict…" lines say nothing to a bertline user
+        jieba.initialize()
+        jieba_starts.ready = True
+    starts, offset = set(), 0
+    for word in jieba.cut(sentence, HMM=True):
+        starts.add(offset)
+        offset += len(word.encode("utf-8")) if in_bytes else len(word)
+    return starts
 
 
 def load_tokenizer(kind: str, data: bytes, lowercase: bool = True, source: str | None = None) -> Tokenizer:

@@ -40,12 +40,18 @@ class Tagged(NamedTuple):
 
 
 class TokenizedDoc(NamedTuple):
-    """A document on its way to its bucket: ids of all sentences back to back, and each sentence's length."""
+    """A document on its way to its bucket: ids of all sentences back to back, and each sentence's length;
+    with whole-word masking, one flag per token: does it begin a word?"""
 
     key: str
     flat: np.ndarray
     lengths: np.ndarray
     tokenizer_sha256: str
+    word_starts: np.ndarray | None = None  # (Σ lengths,) uint8
+
+
+WORD_START = 1 << 30  # whole-word masking: a token's word-start flag rides on its id through pairing
+ID_BITS = WORD_START - 1
 
 
 def _only(records: list[Tagged], kind: str):
@@ -278,14 +284,21 @@ class TokenizeRangeFn(beam.DoFn):
         tok = self._tokenizers[sha256]
         dtype = schema.token_dtype(tok.vocab_size)
         seed, fraction = self.plan.config.seed, self.plan.validation_fraction
+        masking = self.plan.config.masking
         for key, sentences in self.reader.documents_of(input_range, counts):
-            ids = tok.encode(sentences)
+            starts = None
+            if masking.whole_word:
+                encoded = tok.encode_words(sentences, masking.cjk_words)
+                ids = [pair[0] for pair in encoded]
+                starts = np.fromiter(itertools.chain.from_iterable(pair[1] for pair in encoded), dtype=np.uint8)
+            else:
+                ids = tok.encode(sentences)
             lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
             flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
             counts.inc("tokens", len(flat))
             split = "validation" if rng.is_held_out(seed, "\n".join(sentences), fraction) else "train"
             bucket = rng.stable_hash(seed, "bucket", key) % self.plan.num_buckets
-            yield (split, bucket), TokenizedDoc(key, flat, lengths, sha256)
+            yield (split, bucket), TokenizedDoc(key, flat, lengths, sha256, starts)
         counts.save(self.plan.output, f"range-{index:06d}")
 
 
@@ -299,12 +312,13 @@ def _masking_spec(config: PrepareConfig, tok: tokenizer.Tokenizer) -> masking.Ma
 
 class TokenizedDocument:
     """A document's sentences as one flat id array plus offsets; sentence j converts to a list on access,
-    so a bucket costs its ids' bytes, not a Python int object per token."""
+    so a bucket costs its ids' bytes, not a Python int object per token. With word-start flags, each id
+    carries its flag as WORD_START."""
 
     __slots__ = ("flat", "offsets")
 
-    def __init__(self, flat: np.ndarray, lengths: np.ndarray):
-        self.flat = flat
+    def __init__(self, flat: np.ndarray, lengths: np.ndarray, word_starts: np.ndarray | None = None):
+        self.flat = flat if word_starts is None else flat.astype(np.int64) | (word_starts.astype(np.int64) << 30)
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).tolist()
 
     def __len__(self) -> int:
@@ -355,14 +369,14 @@ def document_parts(document: TokenizedDoc, part_tokens: int) -> list[TokenizedDo
     """A document as parts of about part_tokens tokens, cut at sentence boundaries. Parts act as documents for
     pairing: a long document (a book, a file without blank lines) gives random-next pairs from its own other
     parts when its bucket holds nothing else, instead of none at all."""
-    lengths = document.lengths
+    lengths, starts = document.lengths, document.word_starts
     ends = np.cumsum(lengths)
     parts, start, sentence = [], 0, 0
     while sentence < len(lengths):
         stop = max(sentence + 1, int(np.searchsorted(ends, (ends[sentence - 1] if sentence else 0) + part_tokens, side="right")))
         stop = min(stop, len(lengths))
         end = int(ends[stop - 1])
-        parts.append(TokenizedDocument(document.flat[start:end], lengths[sentence:stop]))
+        parts.append(TokenizedDocument(document.flat[start:end], lengths[sentence:stop], None if starts is None else starts[start:end]))
         start, sentence = end, stop
     return parts
 
@@ -376,7 +390,6 @@ class CreateSamplesFn(beam.DoFn):
     def __init__(self, plan: JobPlan):
         self.plan = plan
         self._tokenizers: dict[str, tokenizer.Tokenizer] = {}  # by file sha256; one entry in practice
-        self._word_starts: dict[str, list[bool]] = {}
 
     def process(self, element):
         (split, bucket), documents = element
@@ -384,8 +397,7 @@ class CreateSamplesFn(beam.DoFn):
         sha256 = documents[0].tokenizer_sha256
         if sha256 not in self._tokenizers:
             self._tokenizers[sha256] = load_output_tokenizer(self.plan, sha256)
-            self._word_starts[sha256] = self._tokenizers[sha256].word_starts()
-        tok, word_starts = self._tokenizers[sha256], self._word_starts[sha256]
+        tok = self._tokenizers[sha256]
         cfg, counts = self.plan.config, Counts()
         spec = _masking_spec(cfg, tok)
         keys, parts = [], []
@@ -401,7 +413,7 @@ class CreateSamplesFn(beam.DoFn):
                 parts.append(part)
         accumulator = _RunAccumulator(schema.token_dtype(tok.vocab_size))
         cls_id, sep_id = tok.special_ids["[CLS]"], tok.special_ids["[SEP]"]
-        starts_table = word_starts if cfg.masking.whole_word else None
+        whole_word = cfg.masking.whole_word
         lone = "random_next" if cfg.pairs.single_sentence_documents == "random_next" else "split"
         balance = pairs.NspBalance(cfg.pairs.random_next_prob)  # the bucket's random-next share, kept on target
         with write.atomic_output(FileSystems.join(self.plan.output, write.SCRATCH, write.spill_name(split, bucket))) as stream:
@@ -422,7 +434,10 @@ class CreateSamplesFn(beam.DoFn):
                     )
                     for pair in made:
                         tokens = [cls_id, *pair.tokens_a, sep_id, *pair.tokens_b, sep_id]
-                        starts = [starts_table[t] for t in tokens] if starts_table is not None else None
+                        starts = None
+                        if whole_word:  # the flags that rode on the ids through pairing
+                            starts = [t >= WORD_START for t in tokens]
+                            tokens = [t & ID_BITS for t in tokens]
                         masked = masking.mask_sequence(tokens, draw, spec, starts)
                         row = (len(tokens), len(pair.tokens_a) + 2, int(pair.is_random_next), len(masked.positions))
                         accumulator.add(draw.getrandbits(64), row, tokens, masked)
@@ -519,7 +534,7 @@ class WriteManifestFn(beam.DoFn):
                                        cfg.output.samples_per_record, cfg.pairs.max_seq_length)
             for split in write.SPLITS if split in totals
         }
-        counters = read_counters(self.plan.output)
+        counters = {**dict.fromkeys(schema.TEXT_COUNTERS, 0), **read_counters(self.plan.output)}
         for split, summary in summaries.items():
             counters[f"{split}_samples_dropped_remainder"] = summary["dropped_remainder"]
         counters["shards_written"] = len(entries)

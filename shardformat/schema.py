@@ -36,6 +36,10 @@ SAMPLE_COLUMNS = ("seq_length", "segment_a_length", "is_random_next", "num_maske
 RECORD_EXTENSION = "rec"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _HEADER = struct.Struct("<IB3x")
+# Counters every manifest holds (0 when nothing happened): what happened to the text on its way to samples.
+TEXT_COUNTERS = ("documents_read", "input_chars", "sentences", "tokens", "documents_empty", "documents_split",
+                 "jsonl_lines_skipped", "replacement_characters", "nul_characters_removed", "single_sentence_documents",
+                 "single_sentence_documents_dropped", "tokens_dropped", "tokens_truncated", "random_next_unavailable")
 INDEX_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u4"), ("samples", "<u4"), ("sha256", "<u8")])
 
 

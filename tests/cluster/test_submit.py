@@ -41,8 +41,8 @@ def test_dry_run_prints_a_valid_script_for_each_launcher(shards, tmp_path):
 @pytest.mark.parametrize("case, args, message", [
     ("no GPUs on a GPU config", ["--config", GPU, "--nodes", "1", "--time", "1:00:00"],
      "trains on GPUs (train.device: cuda) but --gpus-per-node is 0"),
-    ("more ranks than one epoch can feed", ["--config", CPU, "--nodes", "64", "--tasks-per-node", "8", "--time", "1:00:00"],
-     "fewer than one global batch of 4096 on 512 ranks"),
+    ("more ranks than one epoch can feed", ["--config", CPU, "--nodes", "256", "--tasks-per-node", "8", "--time", "1:00:00"],
+     "fewer than one global batch of 16384 on 2048 ranks"),
     ("batch sizes that do not multiply out", ["--config", CPU, "--nodes", "2", "--time", "1:00:00", "--train.global_batch_size", "8"],
      "train.global_batch_size=8 but data.micro_batch_size (8) × train.gradient_accumulation_steps (1) × world size (2) = 16"),
     ("a time limit Slurm cannot read", ["--config", CPU, "--nodes", "1", "--time", "1h"], "is not a Slurm time limit"),

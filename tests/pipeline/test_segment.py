@@ -58,3 +58,11 @@ def test_splitting_is_linear_on_a_huge_unpunctuated_line():
     assert sum(len(c) for c in chunks) >= 1_999_000 - len(chunks)
     # 10× the input must not cost anywhere near 100× (quadratic); generous for a noisy machine.
     assert large_time < 40 * max(small_time, 1e-3)
+
+
+def test_sentence_ends_the_splitter_used_to_miss():
+    assert split_sentences("They sold apples, pears, etc. The market closed.") == [
+        "They sold apples, pears, etc.", "The market closed."]
+    assert split_sentences("He said no. It was over. See No. 5 and vol. 2 here.") == [
+        "He said no.", "It was over.", "See No. 5 and vol. 2 here."]
+    assert split_sentences("他走了……我哭了。") == ["他走了……", "我哭了。"]

@@ -29,8 +29,8 @@ def test_vocab_without_special_tokens_is_refused(tmp_path):
 
 
 def test_trained_sentencepiece_has_bert_specials_and_is_deterministic():
-    first = train_sentencepiece(TEXT, vocab_size=60, model_type="unigram", character_coverage=1.0)
-    assert first == train_sentencepiece(TEXT, vocab_size=60, model_type="unigram", character_coverage=1.0)
+    first = train_sentencepiece(TEXT, vocab_size=60, model_type="unigram", character_coverage=1.0, byte_fallback=False)
+    assert first == train_sentencepiece(TEXT, vocab_size=60, model_type="unigram", character_coverage=1.0, byte_fallback=False)
     tok = load_tokenizer("sentencepiece", first)
     assert tok.special_ids == {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
     starts = tok.word_starts()
@@ -38,7 +38,7 @@ def test_trained_sentencepiece_has_bert_specials_and_is_deterministic():
     # No spaces in Chinese: every CJK piece must count as a word start, or whole-word masking would take
     # the whole sentence as one word.
     assert ids and all(starts[i] for i in ids[:-1])
-    bpe = train_sentencepiece(TEXT, vocab_size=60, model_type="bpe", character_coverage=1.0)
+    bpe = train_sentencepiece(TEXT, vocab_size=60, model_type="bpe", character_coverage=1.0, byte_fallback=False)
     assert load_tokenizer("sentencepiece", bpe).special_ids["[MASK]"] == 4
 
 
@@ -61,5 +61,5 @@ def test_vocabulary_too_large_for_the_sample_is_one_sentence():
 
 def test_vocabulary_smaller_than_the_alphabet_says_what_to_raise():
     chars = ["".join(chr(0x4E00 + (i * 7 + j) % 600) for j in range(12)) + "。" for i in range(300)]
-    with pytest.raises(UserError, match="raise tokenizer.vocab_size or lower tokenizer.character_coverage$"):
+    with pytest.raises(UserError, match=r"raise tokenizer.vocab_size \(byte fallback takes 256 entries\) or lower tokenizer.character_coverage$"):
         train_sentencepiece(chars, vocab_size=100, model_type="unigram", character_coverage=1.0)

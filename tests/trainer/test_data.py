@@ -26,7 +26,7 @@ def shards(tmp_path_factory) -> Path:
 
     output = tmp_path_factory.mktemp("shards")
     assert main(["--output", str(output), "--config", str(DEMO), "--output.num_shards", "4",
-                 "--output.samples_per_record", "16", "--pairs.dupe_factor", "2"]) == 0
+                 "--output.samples_per_record", "4", "--pairs.dupe_factor", "2"]) == 0
     return output
 
 
@@ -97,7 +97,7 @@ def test_collated_batches_carry_the_static_masks(shards):
     rows = torch.arange(len(ids))[:, None].expand_as(positions)
     at_masks = ids[rows[used], positions[used]]
     assert 0.7 < float((at_masks == mask_id).float().mean()) < 0.9
-    assert (batch["attention_mask"].sum(1) >= 8).all()
+    assert (batch["attention_mask"].sum(1) >= 5).all()  # [CLS] A [SEP] B [SEP], A and B never empty
     assert set(batch["token_type_ids"].unique().tolist()) == {0, 1}
     assert set(batch["next_sentence_labels"].tolist()) <= {0, 1}
 
