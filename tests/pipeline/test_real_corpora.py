@@ -194,9 +194,9 @@ def test_chinese_whole_word_masking_masks_whole_jieba_words(corpora, tmp_path):
 def test_prepare_twice_gives_the_same_bytes_with_jieba(corpora, tmp_path, capsys):
     source = _write(tmp_path / "zh.txt", _documents(corpora, "zh_novels", 0.2))
     for name in ("a", "b"):
-        code, _, err = prepare(capsys, "--input", source, "--output", tmp_path / name, "--config", CHINESE, "--tokenizer.vocab_size", "2000",
+        code, _, err = prepare(capsys, "--input", source, "--output", tmp_path / name, "--config", CHINESE, "--tokenizer.vocab_size", "4000",
                                "--output.validation_fraction", "0")
         assert code == 0, err
     assert folder_bytes(tmp_path / "a") == folder_bytes(tmp_path / "b")
     batch = read_shard(tmp_path / "a", _manifest(tmp_path / "a")["shards"][0])
-    assert len(batch) and np.all(batch.samples[:, 3] > 0)
+    assert len(batch) and batch.samples[:, 3].mean() > 10  # whole words masked, about 15% of 128 tokens
