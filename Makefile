@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast bench bench-quick bench-prep bench-prep-quick bench-read bench-model bench-scale clean
+.PHONY: install demo test test-fast bench bench-quick bench-prep bench-prep-quick bench-read bench-model bench-scale bench-corpora clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench-model: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python bench/scale.py
+
+bench-corpora: $(STAMP)
+	$(BIN)/python bench/corpora.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

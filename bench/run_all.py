@@ -25,6 +25,7 @@ BEGIN, END = "<!-- make bench: table begins -->", "<!-- make bench: table ends -
 # name → (full arguments, quick arguments); each script is bench/<name>.py.
 BENCHMARKS = {
     "prep": ([], ["--quick"]),
+    "corpora": ([], ["--quick"]),
     "read_shards": ([], []),
     "model": (["--presets", "tiny", "small", "base", "--repeats", "3"], ["--presets", "tiny", "--repeats", "1"]),
     "loader": ([], []),
