@@ -382,7 +382,26 @@ def summary(output: str, manifest: dict) -> str:
             f"({info['tokens']:,} tokens, {info['masked_tokens']:,} masked, {info['random_next']:,} random-next; "
             f"remainder dropped: {info['dropped_remainder']})"
         )
+    lines += nsp_warnings(manifest)
+    lines.append(f"data card: bertline inspect {output} [--samples N]")
     return "\n".join(lines)
+
+
+def nsp_warnings(manifest: dict) -> list[str]:
+    """One sentence per split whose random-next share misses pairs.random_next_prob by more than 0.01: a corpus
+    too small, or of too few documents, to give balanced NSP pairs."""
+    wanted = manifest["config"]["pairs"]["random_next_prob"]
+    unavailable = manifest.get("counters", {}).get("random_next_unavailable", 0)
+    warnings = []
+    for split, info in manifest["splits"].items():
+        share = info.get("nsp_random_next_fraction")
+        if share is not None and abs(share - wanted) > 0.01:
+            reason = (f"{unavailable:,} random-next draws found no other document in their bucket: the corpus has too few "
+                      f"documents (or one without blank lines that is too short to pair in parts)" if unavailable else
+                      "the split is too small for the share to settle")
+            warnings.append(f"warning: the {split} split's random-next share is {share:.3f}, not {wanted}: {reason}; "
+                            f"NSP on these samples is unbalanced (add documents, or give pairs.random_next_prob 0 to train MLM only)")
+    return warnings
 
 
 class _HideUserErrorTracebacks(logging.Filter):

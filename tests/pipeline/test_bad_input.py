@@ -126,11 +126,14 @@ def test_max_seq_length_too_small_for_a_pair(tmp_path, capsys):
 
 
 def test_too_few_samples_for_the_shard_count(tmp_path, capsys):
-    code, _, err = prepare(capsys, "--input", _corpus(tmp_path, docs=3), "--output", tmp_path / "out",
-                           "--pairs.dupe_factor", "1", "--output.num_shards", "5000", "--output.validation_fraction", "0",
-                           "--tokenizer.vocab_size", "200", "--tokenizer.byte_fallback", "false")
+    code, out, err = prepare(capsys, "--input", _corpus(tmp_path, docs=3), "--output", tmp_path / "out",
+                             "--pairs.dupe_factor", "1", "--output.num_shards", "5000", "--output.validation_fraction", "0",
+                             "--tokenizer.vocab_size", "200", "--tokenizer.byte_fallback", "false")
     sentence = _one_sentence(err)
     assert code == 2 and "fewer than its 5000 shards; lower output.num_shards" in sentence
+    # the job stopped after reading and pairing: what it counted is printed, and nothing is left behind
+    assert "counters before the job stopped:" in out and "documents_read" in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
 
 
 def test_validation_split_that_gets_no_document(tmp_path, capsys):
