@@ -275,17 +275,20 @@ def validation_fraction(config: PrepareConfig, ranges: list, total_bytes: int) -
     if not scores:
         raise UserError(f"the input ({', '.join(sorted({r.path for r in ranges})[:3])}) holds no text; check --input")
     held = sum(score < fraction for score in scores)
+    # A corpus of few, long documents (books) holds out fewer: at most an eighth of them, and at least one
+    # (pairs come from parts of a document, so one book still gives both NSP labels).
+    wanted = max(1, min(wanted, len(scores) // 8))
     if held >= wanted:
         return fraction
-    if len(scores) < 2 * wanted:
+    if len(scores) < 2:
         raise UserError(
-            f"the corpus has only {len(scores)} documents: too few to hold out output.min_validation_documents={wanted} for "
-            f"validation and train on the rest; set output.validation_fraction 0 (no validation set), lower "
-            f"output.min_validation_documents, or give more input"
+            f"the corpus has only {len(scores)} document: too few to hold one out for validation and train on the rest; "
+            f"set output.validation_fraction 0 (no validation set) or give more input"
         )
     raised = float(np.nextafter(sorted(scores)[wanted - 1], 1.0))
     log.info("validation: %d of the corpus's %d documents fall under output.validation_fraction=%g; holding out %d "
-             "(output.min_validation_documents) with the fraction %.4f", held, len(scores), fraction, wanted, raised)
+             "(output.min_validation_documents, at most an eighth of the documents) with the fraction %.4f",
+             held, len(scores), fraction, wanted, raised)
     return raised
 
 

@@ -95,9 +95,10 @@ class PairsConfig(Section):
     )
     single_sentence_documents: Literal["split", "random_next", "drop"] = Field(
         "split",
-        description="A one-sentence document (or chunk): split it at a token boundary so it gives either NSP label (split); "
-        "always pair it with a random segment, as Google's script does, which skews NSP towards random-next on short "
-        "documents (random_next); or drop the document, and its text with it (drop, counted).",
+        description="A one-sentence document (or chunk): split it at a token boundary so it gives either NSP label, and keep "
+        "each bucket's random-next share on target (split); Google's rules: always pair it with a random segment, plain "
+        "coins elsewhere, which skews NSP towards random-next on short documents (random_next); or drop the document, "
+        "and its text with it (drop, counted).",
     )
 
 
@@ -134,8 +135,8 @@ class OutputConfig(Section):
     validation_fraction: float = Field(0.01, ge=0.0, lt=1.0, description="Share of documents (by stable hash) held out for validation; 0 writes no validation set.")
     min_validation_documents: int = Field(
         8, ge=1,
-        description="On a corpus of up to 64 MiB, hold out at least this many documents (the fraction is raised for it, and the job "
-        "stops early if the corpus cannot spare them); larger corpora hold out validation_fraction.",
+        description="On a corpus of up to 64 MiB, hold out at least this many documents, but at most an eighth of them and at "
+        "least one (the fraction is raised for it before the job starts); larger corpora hold out validation_fraction.",
     )
     samples_per_record: int = Field(
         16, ge=1, le=1 << 16,

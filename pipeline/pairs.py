@@ -148,14 +148,15 @@ class NspBalance:
     stays within about one sample of p. That depends only on counts, never on the chunk. A chunk that starts
     with text a random-next pair handed back gets a plain coin instead: tying its label to the correction
     would make "A starts where the last pair's A ended" a cue. Independent coins everywhere would leave the
-    share at p only to within sampling noise, ±0.07 on a corpus of 50 samples."""
+    share at p only to within sampling noise, ±0.07 on a corpus of 50 samples. `correct=False` is that: plain
+    coins, as in Google's script."""
 
-    def __init__(self, random_next_prob: float):
-        self.random_next_prob, self.decisions, self.random = random_next_prob, 0, 0
+    def __init__(self, random_next_prob: float, correct: bool = True):
+        self.random_next_prob, self.correct, self.decisions, self.random = random_next_prob, correct, 0, 0
 
     def decide(self, rng: random.Random, fresh: bool) -> bool:
         p = self.random_next_prob
-        chance = min(1.0, max(0.0, p * (self.decisions + 1) - self.random)) if fresh else p
+        chance = min(1.0, max(0.0, p * (self.decisions + 1) - self.random)) if fresh and self.correct else p
         return rng.random() < chance
 
     def record(self, is_random_next: bool) -> None:

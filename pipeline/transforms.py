@@ -415,7 +415,8 @@ class CreateSamplesFn(beam.DoFn):
         cls_id, sep_id = tok.special_ids["[CLS]"], tok.special_ids["[SEP]"]
         whole_word = cfg.masking.whole_word
         lone = "random_next" if cfg.pairs.single_sentence_documents == "random_next" else "split"
-        balance = pairs.NspBalance(cfg.pairs.random_next_prob)  # the bucket's random-next share, kept on target
+        # The bucket's random-next share, kept on target; Google's rules (random_next) flip plain coins.
+        balance = pairs.NspBalance(cfg.pairs.random_next_prob, correct=lone == "split")
         with write.atomic_output(FileSystems.join(self.plan.output, write.SCRATCH, write.spill_name(split, bucket))) as stream:
             spill = write.SpillWriter(stream)
             for index, key in enumerate(keys):
