@@ -103,7 +103,7 @@ def test_a_small_corpus_holds_out_enough_documents_before_the_job(corpora, tmp_p
     with caplog.at_level(logging.INFO, logger="bertline.pipeline"):
         code, out, err = prepare(capsys, "--input", source, "--output", tmp_path / "out", "--tokenizer.vocab_size", "2000")
     assert code == 0, err
-    assert any("holding out 8 (output.min_validation_documents)" in r.getMessage() for r in caplog.records)
+    assert any("holding out 8 (output.min_validation_documents" in r.getMessage() for r in caplog.records)
     validation = _manifest(tmp_path / "out")["splits"]["validation"]
     assert validation["samples"] > 50 and abs(validation["nsp_random_next_fraction"] - 0.5) <= 0.02
 
