@@ -208,8 +208,10 @@ def load_hf_state_dict(model: BertForPreTraining | BertModel, state: dict[str, t
     return fresh
 
 
-def save_pretrained(model: BertForPreTraining | BertModel, folder: str | Path, tokenizer_files: tuple[str | Path, ...] = ()) -> Path:
-    """Write config.json, model.safetensors and the tokenizer files so transformers loads the folder."""
+def save_pretrained(model: BertForPreTraining | BertModel, folder: str | Path, tokenizer_files: tuple[str | Path, ...] = (),
+                    tokenizer_config: dict | None = None) -> Path:
+    """Write config.json, model.safetensors, the tokenizer files and, when given, tokenizer_config.json (a WordPiece
+    vocab.txt needs it to say cased or uncased), so transformers loads the folder."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -220,6 +222,8 @@ def save_pretrained(model: BertForPreTraining | BertModel, folder: str | Path, t
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     for path in tokenizer_files:
         shutil.copy(path, folder / Path(path).name)
+    if tokenizer_config is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return folder
 
 

@@ -8,6 +8,7 @@ Launch one process per device with torchrun, deepspeed or srun (trainer/dist.py 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -25,7 +26,8 @@ from bertline.config import load_config, parse_overrides
 from bertline.errors import TrainingDiverged, UserError, run_command
 from shardformat.masking import MaskingSpec
 from shardformat.rng import stable_hash
-from trainer import checkpoint, dist, preemption
+from model import BertConfig, BertForPreTraining
+from trainer import checkpoint, dist, init_from, preemption
 from trainer.config import TrainConfig, deepspeed_config
 from trainer.data import IGNORE_INDEX, LoaderSpec, Prefetched, PretrainingBatches, ShardSet, model_inputs
 from trainer.metrics import RunLog, write_report
@@ -37,7 +39,6 @@ class Trainer:
     """Owns the engine, the loader and the run folder; `step()` is one optimizer step."""
 
     def __init__(self, config: TrainConfig, placement: dist.Placement, resume: str = "auto"):
-        from model import BertConfig, BertForPreTraining
         from trainer import engine
 
         self.config, self.placement = config, placement
@@ -50,21 +51,21 @@ class Trainer:
             torch.distributed.broadcast_object_list(decision, src=0)
         self.saved = decision[0]
         shards = ShardSet.open(config.data.shards)
-        if shards.max_seq_length > config.model.max_position_embeddings:
+        torch.manual_seed(config.seed)  # the same initial weights on every rank (init_from: the same fresh heads)
+        self.model_config, source = self._model_config(shards)
+        if shards.max_seq_length > self.model_config.max_position_embeddings:
             raise UserError(
-                f"the shards hold sequences of {shards.max_seq_length} tokens but model.max_position_embeddings="
-                f"{config.model.max_position_embeddings}; raise it"
+                f"the shards hold sequences of {shards.max_seq_length} tokens but the model takes "
+                f"{self.model_config.max_position_embeddings} positions; set model.max_position_embeddings to {shards.max_seq_length} "
+                f"or more" + (" (model.init_from's learned table is then extended by repeating it)" if source is not None else "")
             )
-        torch.manual_seed(config.seed)  # the same initial weights on every rank
-        self.model_config = BertConfig.preset(
-            config.model.preset, shards.tokenizer["vocab_size"], max_position_embeddings=config.model.max_position_embeddings,
-            position_embedding_type=config.model.position_embedding_type, hidden_dropout_prob=config.model.hidden_dropout_prob,
-            attention_probs_dropout_prob=config.model.attention_probs_dropout_prob, pad_token_id=shards.tokenizer["special_ids"]["[PAD]"],
-        )
         self.ds_config = deepspeed_config(config, placement.world_size)
         self.load_from = self._checkpoint_to_load() if self.saved else None
         schedule = {**config.schedule.model_dump(), "total_steps": config.train.max_steps}
-        self.engine = engine.build_engine(BertForPreTraining(self.model_config), self.ds_config, schedule, config.optimizer.weight_decay,
+        model = BertForPreTraining(self.model_config)
+        if source is not None:
+            init_from.load_weights(source, model)  # weights only: the engine below brings a fresh optimizer and schedule
+        self.engine = engine.build_engine(model, self.ds_config, schedule, config.optimizer.weight_decay,
                                           config.train.compile_backend if config.train.compile else None)
         torch.manual_seed(stable_hash(config.seed, "dropout", placement.rank) % 2**63)  # each rank its own dropout
         masking = MaskingSpec.for_tokenizer(
@@ -94,9 +95,32 @@ class Trainer:
                 shutil.copyfile(Path(config.data.shards) / shards.tokenizer["file"], tokenizer_copy)
                 described.write_text(json.dumps(
                     {**self.model_config.to_dict(), "shards": str(Path(config.data.shards).resolve()),
-                     "tokenizer_file": shards.tokenizer["file"], "tokenizer_sha256": shards.tokenizer["sha256"]}, indent=2) + "\n")
+                     "tokenizer_file": shards.tokenizer["file"], "tokenizer_sha256": shards.tokenizer["sha256"],
+                     "tokenizer_kind": shards.tokenizer["kind"], "tokenizer_lowercase": shards.tokenizer.get("lowercase"),
+                     "init_from": None if source is None else {"path": str(source.path.resolve()), "kind": source.kind}}, indent=2) + "\n")
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
             (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
+
+    def _model_config(self, shards: ShardSet) -> tuple[BertConfig, init_from.Source | None]:
+        """The preset at the shards' vocabulary; with model.init_from, the source's architecture (and the source, whose
+        weights load before the engine is built). A run resuming its own checkpoint takes the architecture its first
+        start recorded and does not read the source again (it may be gone; the checkpoint holds the weights)."""
+        section = self.config.model
+        if section.init_from is None:
+            return BertConfig.preset(
+                section.preset, shards.tokenizer["vocab_size"], max_position_embeddings=section.max_position_embeddings or 512,
+                position_embedding_type=section.position_embedding_type, hidden_dropout_prob=section.hidden_dropout_prob,
+                attention_probs_dropout_prob=section.attention_probs_dropout_prob, pad_token_id=shards.tokenizer["special_ids"]["[PAD]"],
+            ), None
+        described = self.run_dir / "model_config.json"
+        if self.saved is not None and described.exists():
+            log.info("resuming the run's own checkpoint (step %d); model.init_from %s is not read again", self.saved.step, section.init_from)
+            recorded = init_from.run_model_config(json.loads(described.read_text()))
+            return dataclasses.replace(recorded, hidden_dropout_prob=section.hidden_dropout_prob,
+                                       attention_probs_dropout_prob=section.attention_probs_dropout_prob), None
+        source = init_from.open_source(section.init_from)
+        init_from.check_vocabulary(source, self.config.data.shards, shards.tokenizer)
+        return init_from.model_config(source, section), source
 
     def _validation_loader(self, masking: MaskingSpec) -> PretrainingBatches | None:
         try:

@@ -12,9 +12,17 @@ from bertline.errors import UserError
 
 
 class ModelSection(Section):
-    preset: Literal["tiny", "mini", "small", "base", "large"] = Field("tiny", description="Encoder size (model.config.PRESETS).")
-    position_embedding_type: Literal["learned", "sinusoidal"] = Field("learned", description="BERT's learned positions or the fixed sinusoidal table.")
-    max_position_embeddings: int = Field(512, ge=8, description="Positions the model can take; must cover the shards' max_seq_length.")
+    preset: Literal["tiny", "mini", "small", "base", "large"] = Field("tiny", description="Encoder size (model.config.PRESETS); not used with init_from.")
+    init_from: str | None = Field(
+        None, description="Start from these weights only (optimizer, schedule, data position and step count start fresh): a step "
+        "folder <run_dir>/checkpoints/stepN of a bertline run, or a HuggingFace BERT folder (config.json, weights, vocab.txt). "
+        "The architecture is the source's and the shards must use its tokenizer. A run's own newest checkpoint wins over this.",
+    )
+    position_embedding_type: Literal["learned", "sinusoidal"] = Field("learned", description="BERT's learned positions or the fixed sinusoidal table (with init_from: the source's).")
+    max_position_embeddings: int | None = Field(
+        None, ge=8, description="Positions the model can take; must cover the shards' max_seq_length. Default: 512, or the "
+        "init_from source's; above the source's, its learned table is extended by repetition; below it is refused.",
+    )
     hidden_dropout_prob: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout after embeddings, attention output and feed-forward.")
     attention_probs_dropout_prob: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on attention probabilities.")
 

@@ -20,6 +20,7 @@ class TrainedModel:
     model: object  # BertForPreTraining
     tokenizer_file: Path | None
     tokenizer_sha256: str | None
+    tokenizer_config: dict | None = None  # for transformers' AutoTokenizer, when the run used a WordPiece vocab.txt
 
 
 def run_tokenizer(run_dir: Path, described: dict) -> tuple[Path | None, str | None]:
@@ -40,21 +41,25 @@ def run_tokenizer(run_dir: Path, described: dict) -> tuple[Path | None, str | No
 
 def load_step(step_folder: Path) -> TrainedModel:
     """A step folder's gathered fp32 weights in a BertForPreTraining, with the run's tokenizer."""
-    from model import BertConfig, BertForPreTraining
+    from model import BertForPreTraining
     from trainer import engine
+    from trainer.init_from import run_model_config
 
     if not (step_folder / checkpoint.MARKER).exists():
         raise UserError(f"{step_folder} is not a complete checkpoint (no {checkpoint.MARKER} marker); pick a finished step")
     run_dir = step_folder.parent.parent
     described = json.loads((run_dir / "model_config.json").read_text())
     tokenizer_file, tokenizer_sha256 = run_tokenizer(run_dir, described)
-    model = BertForPreTraining(BertConfig.from_dict(
-        {k: v for k, v in described.items() if k not in ("shards", "tokenizer_file", "tokenizer_sha256")}))
+    model = BertForPreTraining(run_model_config(described))
     state = engine.consolidated_state_dict(str(step_folder.parent), step_folder.name)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint {step_folder} does not match its run's model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return TrainedModel(model, tokenizer_file, tokenizer_sha256)
+    settings = None
+    if described.get("tokenizer_kind") == "wordpiece":
+        settings = {"tokenizer_class": "BertTokenizer", "do_lower_case": described.get("tokenizer_lowercase") is not False,
+                    "model_max_length": model.config.max_position_embeddings}
+    return TrainedModel(model, tokenizer_file, tokenizer_sha256, settings)
 
 
 def export(step_folder: Path, output: Path) -> Path:
@@ -62,7 +67,7 @@ def export(step_folder: Path, output: Path) -> Path:
 
     trained = load_step(step_folder)
     files = (trained.tokenizer_file,) if trained.tokenizer_file is not None else ()
-    return save_pretrained(trained.model, output, tokenizer_files=files)
+    return save_pretrained(trained.model, output, tokenizer_files=files, tokenizer_config=trained.tokenizer_config)
 
 
 def main(argv: list[str] | None = None) -> int:
