@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast bench bench-quick bench-prep bench-prep-quick bench-read bench-model bench-scale bench-corpora clean
+.PHONY: install demo test test-fast bench bench-quick bench-prep bench-prep-quick bench-read bench-model bench-scale bench-corpora bench-init-from clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,9 @@ bench-scale: $(STAMP)
 
 bench-corpora: $(STAMP)
 	$(BIN)/python bench/corpora.py
+
+bench-init-from: $(STAMP)
+	$(BIN)/python bench/init_from.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

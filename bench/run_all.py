@@ -33,6 +33,7 @@ BENCHMARKS = {
     "trainer": (["--steps", "20"], ["--steps", "4"]),
     "resume": ([], ["--repeats", "1"]),
     "quality": ([], ["--quick"]),
+    "init_from": ([], ["--quick"]),
 }
 
 

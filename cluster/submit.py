@@ -26,7 +26,7 @@ import yaml
 
 from bertline.config import load_config, parse_overrides
 from bertline.errors import UserError, run_command
-from trainer import checkpoint
+from trainer import checkpoint, init_from
 from trainer.config import TrainConfig, deepspeed_config
 from trainer.data import ShardSet, batches_per_epoch
 from trainer.preemption import REQUEUE_EXIT_CODE, STOP_FILE
@@ -87,6 +87,13 @@ def check(job: Job) -> None:
         raise UserError(f"{config.data.shards} holds {shards.total_samples} training samples, fewer than one global batch of "
                         f"{ds_config['train_batch_size']} on {job.world_size} ranks; prepare more data or use fewer nodes")
     saved = checkpoint.newest(job.run_dir / "checkpoints")
+    if config.model.init_from is not None and saved is None:  # the source, its tokenizer and positions, as the trainer will check them
+        source = init_from.open_source(config.model.init_from)
+        init_from.check_vocabulary(source, config.data.shards, shards.tokenizer)
+        positions = init_from.model_config(source, config.model).max_position_embeddings
+        if shards.max_seq_length > positions:
+            raise UserError(f"{config.data.shards} holds sequences of {shards.max_seq_length} tokens but model.init_from gives "
+                            f"{positions} positions; set model.max_position_embeddings to {shards.max_seq_length} or more")
     if saved is not None and saved.step >= config.train.max_steps:
         raise UserError(f"{job.run_dir} already holds a finished run (step {saved.step} of train.max_steps="
                         f"{config.train.max_steps}); choose another --run_dir, or raise --train.max_steps to train it further")
@@ -147,6 +154,8 @@ def _absolute(config: TrainConfig) -> TrainConfig:
     """The job may start in another directory: pin the run folder and the shards to absolute paths."""
     config.run_dir = str(Path(config.run_dir).resolve())
     config.data.shards = str(Path(config.data.shards).resolve())
+    if config.model.init_from is not None:
+        config.model.init_from = str(Path(config.model.init_from).resolve())
     return config
 
 

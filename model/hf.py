@@ -227,14 +227,29 @@ def save_pretrained(model: BertForPreTraining | BertModel, folder: str | Path, t
     return folder
 
 
-def read_state(folder: Path) -> dict[str, torch.Tensor]:
-    if (folder / "model.safetensors").exists():
-        from safetensors.torch import load_file
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
-        return load_file(str(folder / "model.safetensors"))
-    if (folder / "pytorch_model.bin").exists():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise ValueError(f"{folder} has neither model.safetensors nor pytorch_model.bin; pass a HuggingFace BERT folder")
+
+def read_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an HF folder: one safetensors or torch file, or the shards an index.json lists."""
+    from safetensors.torch import load_file
+
+    def load(path: Path) -> dict[str, torch.Tensor]:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.exists():
+            continue
+        if not name.endswith(".index.json"):
+            return load(path)
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(json.loads(path.read_text())["weight_map"].values())):
+            state.update(load(folder / shard))
+        return state
+    raise ValueError(f"{folder} has none of {', '.join(WEIGHT_FILES)}; pass a HuggingFace BERT folder with its weights")
 
 
 def from_pretrained(folder: str | Path, with_heads: bool = True) -> BertForPreTraining | BertModel:

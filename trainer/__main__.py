@@ -294,7 +294,8 @@ class Trainer:
         from trainer import engine
 
         if self.load_from is None:
-            log.info("no complete checkpoint in %s: starting from scratch", self.checkpoints)
+            start = f"from the weights of model.init_from {self.config.model.init_from}" if self.config.model.init_from else "from scratch"
+            log.info("no complete checkpoint in %s: starting %s", self.checkpoints, start)
             return
         folder, tag = self.load_from
         client = engine.load(self.engine, str(folder), tag)

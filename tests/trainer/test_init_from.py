@@ -248,3 +248,33 @@ def test_continue_pretraining_minilm_beats_random_init_and_exports_to_transforme
     # MiniLM's 512 positions cannot be cut to the shards' 64, and SentencePiece shards are not its vocabulary.
     stderr = _train(shards, tmp_path / "short", "--model.init_from", str(minilm), "--model.max_position_embeddings", "64", expect=2)
     assert "model.max_position_embeddings=64 is below the 512 positions of model.init_from" in stderr
+
+
+def test_sharded_and_torch_weight_files_load_the_same(tmp_path):
+    """transformers writes big models as model-0000k-of-0000n.safetensors with an index, and older ones as
+    pytorch_model.bin: both give the same weights as one model.safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    folder = _hf_folder(tmp_path / "hf", TINY)
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2], "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for file, keys in halves.items():
+        save_file({k: state[k] for k in keys}, str(folder / file))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: f for f, keys in halves.items() for k in keys}}))
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    legacy = tmp_path / "legacy"
+    shutil.copytree(folder, legacy)
+    for file in [*halves, "model.safetensors.index.json"]:
+        (legacy / file).unlink()
+    shutil.move(tmp_path / "pytorch_model.bin", legacy / "pytorch_model.bin")
+    loaded = []
+    for path in (folder, legacy):
+        source = init_from.open_source(path)
+        model = BertForPreTraining(init_from.model_config(source, ModelSection()))
+        init_from.load_weights(source, model)
+        loaded.append(model.state_dict())
+    for name, tensor in loaded[0].items():
+        assert torch.equal(tensor, loaded[1][name]), name
+    assert torch.equal(loaded[0]["bert.embeddings.word_embeddings.weight"], state["bert.embeddings.word_embeddings.weight"])
