@@ -11,6 +11,7 @@ commands:
   train     pretrain BERT on those shards with DeepSpeed (ZeRO 0-3; torchrun, deepspeed or srun)
   submit    a training run as a Slurm batch job (srun or deepspeed launch, preemption → requeue → resume)
   export    a training checkpoint → a HuggingFace BERT folder
+  finetune  fine-tune a checkpoint (or HuggingFace BERT folder) on labelled text: classification, pairs, tagging
   eval      held-out MLM/NSP loss and accuracy of a checkpoint (or HuggingFace folder) on a shard folder
   verify    check every shard, index and record of a shard folder against its manifest
   inspect   a shard folder's data card (NSP balance, [UNK] rate, lengths, counters) and samples decoded to text
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.evaluate import main as evaluate
 
         return evaluate(rest)
+    if command == "finetune":
+        from finetune.__main__ import main as finetune
+
+        return finetune(rest)
     if command == "export":
         from trainer.export import main as export
 

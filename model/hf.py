@@ -16,7 +16,7 @@ import torch
 
 from model.bert import BertModel
 from model.config import BertConfig
-from model.heads import BertForPreTraining
+from model.heads import BertForPreTraining, BertForSequenceClassification, BertForTokenClassification
 
 log = logging.getLogger("bertline.model")
 
@@ -86,18 +86,19 @@ def config_from_hf(values: dict, source: str = "config.json") -> BertConfig:
     return BertConfig(**config, pad_token_id=values.get("pad_token_id", 0))
 
 
-def to_hf_state_dict(model: BertForPreTraining | BertModel) -> dict[str, torch.Tensor]:
-    """Our parameters under HuggingFace BertForPreTraining (or BertModel) names."""
-    if not isinstance(model, (BertForPreTraining, BertModel)):
-        raise TypeError(
-            f"HuggingFace export takes a BertForPreTraining or a BertModel, not {type(model).__name__}; "
-            f"export its encoder (model.bert) instead"
-        )
-    bert = model.bert if isinstance(model, BertForPreTraining) else model
-    prefix = "bert." if isinstance(model, BertForPreTraining) else ""
+def to_hf_state_dict(model) -> dict[str, torch.Tensor]:
+    """Our parameters under HuggingFace names: BertForPreTraining, BertModel, BertForSequenceClassification or
+    BertForTokenClassification (which, as in transformers, has no pooler)."""
+    heads = (BertForPreTraining, BertForSequenceClassification, BertForTokenClassification)
+    if not isinstance(model, (*heads, BertModel)):
+        raise TypeError(f"HuggingFace export takes a BERT model or one of its heads, not {type(model).__name__}")
+    bert = model.bert if isinstance(model, heads) else model
+    prefix = "bert." if isinstance(model, heads) else ""
     ours = bert.state_dict()
     out: dict[str, torch.Tensor] = {}
     for mine, theirs in _EMBEDDINGS.items():
+        if mine.startswith("pooler.") and isinstance(model, BertForTokenClassification):
+            continue
         if mine == "embeddings.position_embeddings.weight":
             out[prefix + theirs] = bert.embeddings.position_table().detach().clone()
         else:
@@ -118,6 +119,9 @@ def to_hf_state_dict(model: BertForPreTraining | BertModel) -> dict[str, torch.T
             out[theirs] = heads[mine].detach().clone()
         out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"].clone()
         out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
+    if isinstance(model, (BertForSequenceClassification, BertForTokenClassification)):
+        out["classifier.weight"] = model.classifier.weight.detach().clone()
+        out["classifier.bias"] = model.classifier.bias.detach().clone()
     return out
 
 
@@ -208,16 +212,22 @@ def load_hf_state_dict(model: BertForPreTraining | BertModel, state: dict[str, t
     return fresh
 
 
-def save_pretrained(model: BertForPreTraining | BertModel, folder: str | Path, tokenizer_files: tuple[str | Path, ...] = (),
-                    tokenizer_config: dict | None = None) -> Path:
+def save_pretrained(model, folder: str | Path, tokenizer_files: tuple[str | Path, ...] = (),
+                    tokenizer_config: dict | None = None, labels: list[str] | None = None) -> Path:
     """Write config.json, model.safetensors, the tokenizer files and, when given, tokenizer_config.json (a WordPiece
-    vocab.txt needs it to say cased or uncased), so transformers loads the folder."""
+    vocab.txt needs it to say cased or uncased), so transformers loads the folder. A fine-tuned head's `labels`
+    (names in id order) become the config's id2label / label2id; one label means regression, as in transformers."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    architecture = "BertForPreTraining" if isinstance(model, BertForPreTraining) else "BertModel"
-    (folder / "config.json").write_text(json.dumps(hf_config(model.config, architecture), indent=2) + "\n")
+    values = hf_config(model.config, type(model).__name__)
+    if isinstance(model, (BertForSequenceClassification, BertForTokenClassification)):
+        names = labels if labels is not None else [f"LABEL_{i}" for i in range(model.classifier.out_features)]
+        values.update(id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)})
+        if isinstance(model, BertForSequenceClassification):
+            values["problem_type"] = "regression" if len(names) == 1 else "single_label_classification"
+    (folder / "config.json").write_text(json.dumps(values, indent=2) + "\n")
     state = {name: tensor.contiguous() for name, tensor in to_hf_state_dict(model).items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     for path in tokenizer_files:

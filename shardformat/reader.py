@@ -75,6 +75,7 @@ class ShardSet:
     max_seq_length: int
     max_predictions_per_seq: int
     identity: dict
+    nfkc: bool = False  # the job's text normalization before tokenizing: fine-tuning text must get the same
 
     @property
     def total_samples(self) -> int:
@@ -106,6 +107,7 @@ class ShardSet:
         return cls(
             folder, split, shards, info["samples_per_shard"], info["samples_per_record"], manifest["tokenizer"],
             config["pairs"]["max_seq_length"], config["masking"]["max_predictions_per_seq"], folder_identity(manifest),
+            bool(config.get("normalize", {}).get("nfkc", False)),
         )
 
 

@@ -25,6 +25,8 @@ def _imports(package: str) -> set[str]:
     ("trainer", {"pipeline"}),
     ("shardformat", {"pipeline", "trainer", "model", "cluster", "apache_beam", "torch", "deepspeed"}),
     ("model", {"pipeline", "trainer", "shardformat", "cluster", "bertline", "deepspeed", "numpy"}),
+    # fine-tuning tokenizes as the job did (pipeline's tokenizer and clean-up) and reads checkpoints as export does
+    ("finetune", {"cluster", "apache_beam", "deepspeed"}),
 ])
 def test_packages_meet_only_through_the_format(package, forbidden):
     assert not (_imports(package) & forbidden), f"{package}/ imports {sorted(_imports(package) & forbidden)}"

@@ -97,6 +97,7 @@ class Trainer:
                     {**self.model_config.to_dict(), "shards": str(Path(config.data.shards).resolve()),
                      "tokenizer_file": shards.tokenizer["file"], "tokenizer_sha256": shards.tokenizer["sha256"],
                      "tokenizer_kind": shards.tokenizer["kind"], "tokenizer_lowercase": shards.tokenizer.get("lowercase"),
+                     "tokenizer_nfkc": shards.nfkc,
                      "init_from": None if source is None else {"path": str(source.path.resolve()), "kind": source.kind}}, indent=2) + "\n")
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
             (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")

@@ -21,6 +21,7 @@ class TrainedModel:
     tokenizer_file: Path | None
     tokenizer_sha256: str | None
     tokenizer_config: dict | None = None  # for transformers' AutoTokenizer, when the run used a WordPiece vocab.txt
+    tokenizer_settings: dict | None = None  # bertline_tokenizer.json: how `bertline finetune` turns text into ids
 
 
 def run_tokenizer(run_dir: Path, described: dict) -> tuple[Path | None, str | None]:
@@ -59,7 +60,22 @@ def load_step(step_folder: Path) -> TrainedModel:
     if described.get("tokenizer_kind") == "wordpiece":
         settings = {"tokenizer_class": "BertTokenizer", "do_lower_case": described.get("tokenizer_lowercase") is not False,
                     "model_max_length": model.config.max_position_embeddings}
-    return TrainedModel(model, tokenizer_file, tokenizer_sha256, settings)
+    return TrainedModel(model, tokenizer_file, tokenizer_sha256, settings, tokenizer_settings(described))
+
+
+TOKENIZER_SETTINGS = "bertline_tokenizer.json"
+
+
+def tokenizer_settings(described: dict) -> dict | None:
+    """How text becomes ids for this run (kind, file, case, NFKC), for `bertline finetune` to tokenize as pretraining did.
+    Runs that recorded no kind are told apart by the file's name."""
+    name = described.get("tokenizer_file")
+    if name is None:
+        return None
+    kind = described.get("tokenizer_kind") or ("wordpiece" if name.endswith(".txt") else "sentencepiece")
+    lowercase = described.get("tokenizer_lowercase")
+    return {"kind": kind, "file": name, "lowercase": (lowercase is not False) if kind == "wordpiece" else None,
+            "nfkc": bool(described.get("tokenizer_nfkc", False)), "sha256": described.get("tokenizer_sha256")}
 
 
 def export(step_folder: Path, output: Path) -> Path:
@@ -67,7 +83,10 @@ def export(step_folder: Path, output: Path) -> Path:
 
     trained = load_step(step_folder)
     files = (trained.tokenizer_file,) if trained.tokenizer_file is not None else ()
-    return save_pretrained(trained.model, output, tokenizer_files=files, tokenizer_config=trained.tokenizer_config)
+    folder = save_pretrained(trained.model, output, tokenizer_files=files, tokenizer_config=trained.tokenizer_config)
+    if trained.tokenizer_settings is not None:
+        (folder / TOKENIZER_SETTINGS).write_text(json.dumps(trained.tokenizer_settings, indent=2) + "\n")
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ log = logging.getLogger("bertline.trainer")
 POSITIONS_OURS = "bert.embeddings.position_embeddings.weight"
 POSITIONS_HF = "embeddings.position_embeddings.weight"  # with or without the "bert." prefix
 # model_config.json keys that describe the run rather than the encoder
-RUN_KEYS = ("shards", "tokenizer_file", "tokenizer_sha256", "tokenizer_kind", "tokenizer_lowercase", "init_from")
+RUN_KEYS = ("shards", "tokenizer_file", "tokenizer_sha256", "tokenizer_kind", "tokenizer_lowercase", "tokenizer_nfkc", "init_from")
 
 
 @dataclasses.dataclass(frozen=True)

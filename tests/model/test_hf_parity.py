@@ -139,14 +139,23 @@ def test_masked_lm_checkpoint_without_pooler_and_google_gamma_beta_names_load(tm
     torch.testing.assert_close(mine, torch.gather(reference, 1, positions.unsqueeze(-1).expand(-1, -1, 90)), atol=1e-5, rtol=1e-5)
 
 
-def test_fine_tuned_models_are_refused_by_export_in_one_sentence(tmp_path):
-    from model import BertForSequenceClassification
+@pytest.mark.parametrize("head", ["sequence", "token"])
+def test_fine_tuned_heads_export_to_transformers_with_labels_and_same_logits(tmp_path, head):
+    from model import BertForSequenceClassification, BertForTokenClassification
 
-    classifier = BertForSequenceClassification(BertConfig.preset("tiny", vocab_size=50, max_position_embeddings=16), num_labels=2)
-    with pytest.raises(TypeError, match="export its encoder"):
-        save_pretrained(classifier, tmp_path / "c")
-    save_pretrained(classifier.bert, tmp_path / "c")
-    assert isinstance(from_pretrained(tmp_path / "c", with_heads=False), BertModel)
+    torch.manual_seed(3)
+    config = BertConfig.preset("tiny", vocab_size=50, max_position_embeddings=16)
+    ours = (BertForSequenceClassification if head == "sequence" else BertForTokenClassification)(config, num_labels=3).eval()
+    folder = save_pretrained(ours, tmp_path / head, labels=["neg", "neutral", "pos"])
+    kind = transformers.BertForSequenceClassification if head == "sequence" else transformers.BertForTokenClassification
+    theirs, info = kind.from_pretrained(str(folder), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert theirs.config.id2label == {0: "neg", 1: "neutral", 2: "pos"} and theirs.config.label2id["pos"] == 2
+    ids, types, mask, _ = _batch(50, seq=12)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, types, mask).logits, theirs.eval()(input_ids=ids, token_type_ids=types, attention_mask=mask).logits,
+                                   atol=1e-5, rtol=1e-5)
+    assert isinstance(from_pretrained(folder, with_heads=False), BertModel)  # the encoder of a fine-tuned folder reads back
 
 
 def test_bertmodel_weights_give_pretraining_heads_fresh_and_say_so(minilm, caplog):

@@ -1,0 +1,1 @@
+"""`bertline finetune`: a pretrained encoder + a labelled file → a fine-tuned HuggingFace folder and its metrics."""
