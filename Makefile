@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast bench bench-quick bench-prep bench-prep-quick bench-read bench-model bench-scale bench-corpora bench-init-from clean
+.PHONY: install demo test test-fast bench bench-quick bench-prep bench-prep-quick bench-read bench-model bench-scale bench-corpora bench-init-from bench-downstream clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,9 @@ bench-corpora: $(STAMP)
 
 bench-init-from: $(STAMP)
 	$(BIN)/python bench/init_from.py
+
+bench-downstream: $(BENCH_STAMP)
+	$(BIN)/python bench/downstream.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -34,6 +34,7 @@ BENCHMARKS = {
     "resume": ([], ["--repeats", "1"]),
     "quality": ([], ["--quick"]),
     "init_from": ([], ["--quick"]),
+    "downstream": ([], ["--quick"]),
 }
 
 
