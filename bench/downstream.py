@@ -20,31 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import record  # noqa: E402
+from bench.common import record, run_logged as run  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 CORPUS = SHARED / "corpora" / "zh_novels" / "docs.txt"
 TASK = SHARED / "downstream" / "zh_reviews"
-
-
-def run(command: list[str], log: Path) -> float:
-    started = time.perf_counter()
-    with open(log, "w") as out:
-        result = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        sys.exit(f"bench/downstream.py: {' '.join(command[:5])} … failed; see the end of {log}:\n{log.read_text()[-3000:]}")
-    return time.perf_counter() - started
 
 
 def random_twin(export: Path, folder: Path) -> Path:

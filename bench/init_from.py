@@ -22,12 +22,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import record  # noqa: E402
+from bench.common import record, run_logged as run  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "en_wiki_summaries" / "docs.txt"
 
@@ -49,15 +48,6 @@ def random_twin(source: Path, folder: Path) -> Path:
     config = config_from_hf(json.loads((source / "config.json").read_text()))
     save_pretrained(BertModel(config), folder, tokenizer_files=(source / "vocab.txt", source / "tokenizer_config.json"))
     return folder
-
-
-def run(command: list[str], log: Path) -> float:
-    started = time.perf_counter()
-    with open(log, "w") as out:
-        result = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        sys.exit(f"bench/init_from.py: {' '.join(command[:4])} … failed; see {log}:\n{log.read_text()[-3000:]}")
-    return time.perf_counter() - started
 
 
 def main() -> int:
