@@ -207,7 +207,10 @@ def load_hf_state_dict(model: BertForPreTraining | BertModel, state: dict[str, t
             raise ValueError(f"{origin} has an MLM decoder that differs from its word embeddings; bertline's head is always tied")
         used.update(name for name in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias") if name in heads)
     unused = sorted(set(encoder) - used - {"embeddings.position_ids"} | (set(heads) - used))
-    if unused:
+    if unused and not isinstance(model, BertForPreTraining) and all(name.startswith(("cls.", "classifier.")) for name in unused):
+        # An encoder taken from a pretraining or fine-tuned folder: leaving its heads behind is the point.
+        log.info("%s: its heads are not part of an encoder and were left out: %s", origin, ", ".join(unused[:8]))
+    elif unused:
         log.warning("%s: %d tensors have no place in this model and were not loaded: %s", origin, len(unused), ", ".join(unused[:8]))
     return fresh
 
