@@ -90,10 +90,7 @@ def check(job: Job) -> None:
     if config.model.init_from is not None and saved is None:  # the source, its tokenizer and positions, as the trainer will check them
         source = init_from.open_source(config.model.init_from)
         init_from.check_vocabulary(source, config.data.shards, shards.tokenizer)
-        positions = init_from.model_config(source, config.model).max_position_embeddings
-        if shards.max_seq_length > positions:
-            raise UserError(f"{config.data.shards} holds sequences of {shards.max_seq_length} tokens but model.init_from gives "
-                            f"{positions} positions; set model.max_position_embeddings to {shards.max_seq_length} or more")
+        init_from.check_positions(shards.max_seq_length, init_from.model_config(source, config.model), from_source=True)
     if saved is not None and saved.step >= config.train.max_steps:
         raise UserError(f"{job.run_dir} already holds a finished run (step {saved.step} of train.max_steps="
                         f"{config.train.max_steps}); choose another --run_dir, or raise --train.max_steps to train it further")

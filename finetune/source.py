@@ -13,7 +13,8 @@ from bertline.errors import UserError
 from pipeline.segment import normalize_line
 from pipeline.tokenizer import Tokenizer, load_tokenizer
 from trainer import checkpoint
-from trainer.export import TOKENIZER_SETTINGS
+from trainer.export import TOKENIZER_SETTINGS, save_tokenizer
+from trainer.init_from import hf_lowercase
 
 
 @dataclasses.dataclass
@@ -32,14 +33,7 @@ class TextTokenizer:
         return self.tokenizer.special_ids
 
     def save(self, folder: Path, max_length: int) -> None:
-        """The tokenizer files next to a fine-tuned model: the file itself, bertline's settings and, for a
-        WordPiece vocab, the tokenizer_config.json transformers reads."""
-        (folder / self.file.name).write_bytes(self.file.read_bytes())
-        (folder / TOKENIZER_SETTINGS).write_text(json.dumps(self.settings, indent=2) + "\n")
-        if self.settings["kind"] == "wordpiece":
-            (folder / "tokenizer_config.json").write_text(json.dumps(
-                {"tokenizer_class": "BertTokenizer", "do_lower_case": bool(self.settings["lowercase"]), "model_max_length": max_length},
-                indent=2) + "\n")
+        save_tokenizer(folder, self.file, self.settings, max_length)
 
 
 def _tokenizer(file: Path, settings: dict) -> TextTokenizer:
@@ -66,8 +60,7 @@ def load(path: str | Path):
         settings = json.loads((path / TOKENIZER_SETTINGS).read_text())
         file = path / settings["file"]
     elif (path / "vocab.txt").exists():
-        config = path / "tokenizer_config.json"
-        lowercase = bool(json.loads(config.read_text()).get("do_lower_case", True)) if config.exists() else True
+        lowercase = hf_lowercase(path) is not False  # BertTokenizer is uncased unless its config says otherwise
         settings, file = {"kind": "wordpiece", "lowercase": lowercase, "nfkc": False}, path / "vocab.txt"
     else:
         raise UserError(f"--model {path} has no vocab.txt and no {TOKENIZER_SETTINGS}; bertline fine-tunes HuggingFace BERT "

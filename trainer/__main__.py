@@ -53,12 +53,7 @@ class Trainer:
         shards = ShardSet.open(config.data.shards)
         torch.manual_seed(config.seed)  # the same initial weights on every rank (init_from: the same fresh heads)
         self.model_config, source = self._model_config(shards)
-        if shards.max_seq_length > self.model_config.max_position_embeddings:
-            raise UserError(
-                f"the shards hold sequences of {shards.max_seq_length} tokens but the model takes "
-                f"{self.model_config.max_position_embeddings} positions; set model.max_position_embeddings to {shards.max_seq_length} "
-                f"or more" + (" (model.init_from's learned table is then extended by repeating it)" if source is not None else "")
-            )
+        init_from.check_positions(shards.max_seq_length, self.model_config, from_source=source is not None)
         self.ds_config = deepspeed_config(config, placement.world_size)
         self.load_from = self._checkpoint_to_load() if self.saved else None
         schedule = {**config.schedule.model_dump(), "total_steps": config.train.max_steps}

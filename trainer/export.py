@@ -20,7 +20,6 @@ class TrainedModel:
     model: object  # BertForPreTraining
     tokenizer_file: Path | None
     tokenizer_sha256: str | None
-    tokenizer_config: dict | None = None  # for transformers' AutoTokenizer, when the run used a WordPiece vocab.txt
     tokenizer_settings: dict | None = None  # bertline_tokenizer.json: how `bertline finetune` turns text into ids
 
 
@@ -56,11 +55,7 @@ def load_step(step_folder: Path) -> TrainedModel:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint {step_folder} does not match its run's model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    settings = None
-    if described.get("tokenizer_kind") == "wordpiece":
-        settings = {"tokenizer_class": "BertTokenizer", "do_lower_case": described.get("tokenizer_lowercase") is not False,
-                    "model_max_length": model.config.max_position_embeddings}
-    return TrainedModel(model, tokenizer_file, tokenizer_sha256, settings, tokenizer_settings(described))
+    return TrainedModel(model, tokenizer_file, tokenizer_sha256, tokenizer_settings(described))
 
 
 TOKENIZER_SETTINGS = "bertline_tokenizer.json"
@@ -78,14 +73,24 @@ def tokenizer_settings(described: dict) -> dict | None:
             "nfkc": bool(described.get("tokenizer_nfkc", False)), "sha256": described.get("tokenizer_sha256")}
 
 
+def save_tokenizer(folder: Path, file: Path, settings: dict, max_length: int) -> None:
+    """The tokenizer beside a HuggingFace folder: its file, bertline_tokenizer.json (how `bertline finetune` turns
+    text into ids) and, for a WordPiece vocab, the tokenizer_config.json that transformers' AutoTokenizer reads."""
+    (folder / file.name).write_bytes(file.read_bytes())
+    (folder / TOKENIZER_SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
+    if settings["kind"] == "wordpiece":
+        (folder / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "BertTokenizer", "do_lower_case": bool(settings["lowercase"]), "model_max_length": max_length},
+            indent=2) + "\n")
+
+
 def export(step_folder: Path, output: Path) -> Path:
     from model.hf import save_pretrained
 
     trained = load_step(step_folder)
-    files = (trained.tokenizer_file,) if trained.tokenizer_file is not None else ()
-    folder = save_pretrained(trained.model, output, tokenizer_files=files, tokenizer_config=trained.tokenizer_config)
-    if trained.tokenizer_settings is not None:
-        (folder / TOKENIZER_SETTINGS).write_text(json.dumps(trained.tokenizer_settings, indent=2) + "\n")
+    folder = save_pretrained(trained.model, output)
+    if trained.tokenizer_file is not None:
+        save_tokenizer(folder, trained.tokenizer_file, trained.tokenizer_settings, trained.model.config.max_position_embeddings)
     return folder
 
 

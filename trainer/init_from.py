@@ -84,12 +84,12 @@ def open_source(path: str | Path) -> Source:
             raise UserError(f"model.init_from {path} has no vocab.txt; bertline continues BERT models with their WordPiece "
                             f"vocab.txt (save it with the model's tokenizer: tokenizer.save_pretrained('{path}'))")
         return Source(path, "huggingface", config, vocab, hashlib.sha256(vocab.read_bytes()).hexdigest(), "wordpiece",
-                      _hf_lowercase(path))
+                      hf_lowercase(path))
     raise UserError(f"model.init_from {path} is neither a complete bertline checkpoint (no {checkpoint.MARKER} marker) nor a "
                     f"HuggingFace BERT folder (no config.json); pass <run_dir>/checkpoints/stepNNNNNNNN or such a folder")
 
 
-def _hf_lowercase(folder: Path) -> bool | None:
+def hf_lowercase(folder: Path) -> bool | None:
     """do_lower_case from tokenizer_config.json (BertTokenizer's default is True when the key is absent)."""
     settings = folder / "tokenizer_config.json"
     if not settings.exists():
@@ -148,6 +148,16 @@ def model_config(source: Source, section) -> BertConfig:
     values = {**source.config.to_dict(), "max_position_embeddings": wanted or have,
               "hidden_dropout_prob": section.hidden_dropout_prob, "attention_probs_dropout_prob": section.attention_probs_dropout_prob}
     return BertConfig(**values)
+
+
+def check_positions(max_seq_length: int, config: BertConfig, from_source: bool) -> None:
+    """The model must take the shards' longest sequence (trainer and `bertline submit` alike)."""
+    if max_seq_length > config.max_position_embeddings:
+        raise UserError(
+            f"the shards hold sequences of {max_seq_length} tokens but the model takes {config.max_position_embeddings} positions; "
+            f"set model.max_position_embeddings to {max_seq_length} or more"
+            + (" (model.init_from's learned table is then extended by repeating it)" if from_source else "")
+        )
 
 
 def extend_positions(table: torch.Tensor, rows: int) -> torch.Tensor:
