@@ -101,12 +101,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="A smoke run: a fifth of the corpus, 20 pretraining steps, 1,000 train / 500 test rows.")
     parser.add_argument("--pretrain-steps", type=int, default=None)
+    parser.add_argument("--pretrain-lr", type=float, default=1e-3)
+    parser.add_argument("--dupe-factor", type=int, default=3, help="Masked copies of each document in the shards (masks are fixed at prepare time).")
     args = parser.parse_args()
     for path in (CORPUS, TASK / "train.jsonl"):
         if not path.exists():
             print(f"bench/downstream.py: skipped: {path} is absent (the team's shared data sits beside the project root)")
             return 0
-    steps = args.pretrain_steps or (20 if args.quick else 600)
+    steps = args.pretrain_steps or (20 if args.quick else 3000)
     # One epoch of 64-token reviews (the median review is 46 characters): three fine-tunings of the whole train set
     # cost about 15 minutes on 2 cores; 128 tokens or 3 epochs would triple that.
     hp = {"epochs": 1, "lr": 2e-4, "batch_size": 32, "warmup_ratio": 0.1, "weight_decay": 0.01, "max_length": 64, "seed": 42}
@@ -116,13 +118,13 @@ def main() -> int:
         shards, run_dir, export = work / "shards", work / "pretrain", work / "export"
         corpus = subset(CORPUS, 3000 if args.quick else None, work / "docs.txt")  # quick: the first chapters
         timing = {"prepare": run([python, "-m", "bertline.cli", "prepare", "--config", "configs/pipeline/chinese.yaml", "--input", str(corpus),
-                                  "--output", str(shards), "--pairs.dupe_factor", "2"], work / "prepare.log")}
+                                  "--output", str(shards), "--pairs.dupe_factor", str(args.dupe_factor)], work / "prepare.log")}
         timing["pretrain"] = run([python, "-m", "trainer", "--config", "configs/train/debug_cpu.yaml", "--model.preset", "mini",
                                   "--data.shards", str(shards), "--run_dir", str(run_dir), "--train.max_steps", str(steps),
-                                  "--data.micro_batch_size", "32", "--optimizer.lr", "0.0005", "--schedule.warmup_steps", str(max(1, steps // 20)),
-                                  "--checkpoint.interval", str(steps), "--eval.interval", str(steps), "--tensorboard", "false"], work / "pretrain.log")
+                                  "--data.micro_batch_size", "32", "--optimizer.lr", str(args.pretrain_lr), "--schedule.warmup_steps", str(max(1, steps // 20)),
+                                  "--checkpoint.interval", str(steps), "--eval.interval", str(max(1, steps // 5)), "--tensorboard", "false"], work / "pretrain.log")
         run([python, "-m", "bertline.cli", "export", str(run_dir / "checkpoints" / f"step{steps:08d}"), str(export)], work / "export.log")
-        pretrain_eval = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        pretrain_eval = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "eval_mlm_accuracy" in line][-1]
         train = subset(TASK / "train.jsonl", 1000 if args.quick else None, work / "train.jsonl")
         test = subset(TASK / "test.jsonl", 500 if args.quick else None, work / "test.jsonl")
         results = {}

@@ -161,7 +161,7 @@ def memory_against_shard_size(scratch: Path, dupe: int) -> list[dict]:
         shard = json.loads((shards / "manifest.json").read_text())["shards"][0]
         train_rss, train_s = peak_rss_of([
             "trainer", "--config", str(ROOT / "configs/train/debug_cpu.yaml"), "--data.shards", str(shards),
-            "--run_dir", str(scratch / f"run-{factor}x"), "--train.max_steps", "5", "--eval.batches", "2", "--tensorboard", "false",
+            "--run_dir", str(scratch / f"run-{factor}x"), "--train.max_steps", "5", "--eval.samples", "16", "--tensorboard", "false",
         ])
         rows.append({"factor": factor, "dupe_factor": dupe * factor, "shard_mb": shard["bytes"] / 2**20,
                      "prepare_peak_rss_mb": prepare_rss, "prepare_s": prepare_s, "train_peak_rss_mb": train_rss, "train_s": train_s})

@@ -113,6 +113,14 @@ class BertModel(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    # The value checks read tensors back to the host: free on CPU, a device sync per forward on a GPU (and a graph
+    # break under torch.compile). Tensors on an accelerator are checked only with debug_checks; the trainer checks
+    # its first batch on the host instead.
+    debug_checks: bool = False
+
+    def reads_values(self, tensor: torch.Tensor) -> bool:
+        return tensor.device.type == "cpu" or self.debug_checks
+
     def check_inputs(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
         """One sentence per mistake, instead of an index error from deep inside torch."""
         config = self.config
@@ -126,8 +134,8 @@ class BertModel(nn.Module):
         for name, other in (("token_type_ids", token_type_ids), ("attention_mask", attention_mask)):
             if other is not None and other.shape != input_ids.shape:
                 raise ValueError(f"{name} has shape {tuple(other.shape)} but input_ids has {tuple(input_ids.shape)}; they must match")
-        if torch.compiler.is_compiling():
-            return  # the value checks below read tensors back to the host: a graph break under torch.compile
+        if torch.compiler.is_compiling() or not self.reads_values(input_ids):
+            return
         if input_ids.numel():
             low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= config.vocab_size:

@@ -79,7 +79,7 @@ class BertForPreTraining(nn.Module):
                     f"masked_lm_positions must be (batch, predictions) with batch {input_ids.shape[0]}; "
                     f"got {tuple(masked_lm_positions.shape)}"
                 )
-            if masked_lm_positions.numel() and not torch.compiler.is_compiling():  # host reads: a graph break
+            if masked_lm_positions.numel() and not torch.compiler.is_compiling() and self.bert.reads_values(masked_lm_positions):
                 low, high = int(masked_lm_positions.min()), int(masked_lm_positions.max())
                 if low < 0 or high >= input_ids.shape[1]:
                     raise ValueError(f"masked_lm_positions span {low}..{high} in sequences of {input_ids.shape[1]}")

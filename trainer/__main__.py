@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
@@ -57,7 +58,7 @@ class Trainer:
         self.ds_config = deepspeed_config(config, placement.world_size)
         self.load_from = self._checkpoint_to_load() if self.saved else None
         schedule = {**config.schedule.model_dump(), "total_steps": config.train.max_steps}
-        model = BertForPreTraining(self.model_config)
+        model = self.model = BertForPreTraining(self.model_config)  # the bare module, also when the engine compiles it
         if source is not None:
             init_from.load_weights(source, model)  # weights only: the engine below brings a fresh optimizer and schedule
         self.engine = engine.build_engine(model, self.ds_config, schedule, config.optimizer.weight_decay,
@@ -70,7 +71,7 @@ class Trainer:
         self.loader = PretrainingBatches(shards, LoaderSpec(
             micro_batch_size=config.data.micro_batch_size, world_size=placement.world_size, rank=placement.rank,
             seed=config.seed, masking=config.data.masking, masked_lm_prob=config.data.masked_lm_prob,
-            pad_to_multiple_of=config.data.pad_to_multiple_of, fixed_length=config.data.fixed_length,
+            pad_to_multiple_of=self._pad_multiple(shards), fixed_length=config.data.fixed_length,
             skip_corrupt_shards=config.data.skip_corrupt_shards,
         ), masking)
         if shards.total_samples < self.loader.global_batch:
@@ -78,6 +79,10 @@ class Trainer:
         self.data_identity = {"folder": str(Path(config.data.shards).resolve()), **shards.identity}
         self.step_number, self.samples = 0, 0
         self._batches = None
+        self._pending: list[tuple[torch.Tensor, dict]] = []  # steps whose figures are still on the device
+        self._interval_started, self._checked_inputs = time.perf_counter(), False
+        self.skipped_shards, self.skipped_records = set(), set()  # this rank's, as its batches report them
+        self.eval_samples, self._eval_batches = 0, None
         self.validation = self._validation_loader(masking)
         if placement.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,6 +101,17 @@ class Trainer:
                      "init_from": None if source is None else {"path": str(source.path.resolve()), "kind": source.kind}}, indent=2) + "\n")
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
             (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
+
+    def _pad_multiple(self, shards: ShardSet) -> int:
+        """Batches are padded to their longest sequence rounded up to this. A compiled model gets a new graph for
+        every new length, so under train.compile lengths come in four buckets (a quarter of max_seq_length each)."""
+        multiple = self.config.data.pad_to_multiple_of
+        if self.config.train.compile and not self.config.data.fixed_length:
+            bucket = -(-shards.max_seq_length // 4)
+            if bucket > multiple:
+                log.info("train.compile: padding batches to multiples of %d (at most 4 lengths, so at most 4 compiled graphs)", bucket)
+                return bucket
+        return multiple
 
     def _model_config(self, shards: ShardSet) -> tuple[BertConfig, init_from.Source | None]:
         """The preset at the shards' vocabulary; with model.init_from, the source's architecture (and the source, whose
@@ -119,25 +135,36 @@ class Trainer:
         return init_from.model_config(source, section), source
 
     def _validation_loader(self, masking: MaskingSpec) -> PretrainingBatches | None:
+        """The validation split in the order of one rank at the config's seed: eval.samples is then the same set of
+        samples for any world size and micro batch (elastic resumes keep one eval curve)."""
         try:
             shards = ShardSet.open(self.config.data.shards, split="validation")
         except UserError:
-            log.info("no validation shards in %s: evaluation is off", self.config.data.shards)
+            log.warning("%s has no validation split: evaluation is off (prepare with --output.validation_fraction above 0 to have one)",
+                        self.config.data.shards)
             return None
-        spec = LoaderSpec(micro_batch_size=self.config.data.micro_batch_size, world_size=self.placement.world_size,
-                          rank=self.placement.rank, seed=self.config.seed)
-        loader = PretrainingBatches(shards, spec, masking)
-        return loader if len(loader) else None
+        self.eval_samples = min(self.config.eval.samples, shards.total_samples)
+        if self.eval_samples < self.config.eval.samples and self.placement.rank == 0:
+            log.warning("the validation split of %s holds %d samples, fewer than eval.samples=%d: %s", self.config.data.shards,
+                        shards.total_samples, self.config.eval.samples, "evaluating on all of them" if self.eval_samples else "evaluation is off")
+        spec = LoaderSpec(micro_batch_size=self.config.data.micro_batch_size, world_size=1, rank=0, seed=self.config.seed)
+        return PretrainingBatches(shards, spec, masking) if self.eval_samples else None
 
     def evaluate(self) -> dict:
-        """MLM loss and accuracy, NSP accuracy over the same validation batches every time (static masks)."""
-        from trainer.evaluate import eval_figures, eval_sums
+        """MLM loss and accuracy, NSP accuracy over the same validation samples every time (static masks). The batches
+        are collated once and kept (pinned on GPUs): a few MB for the default 2,048 samples."""
+        from trainer.evaluate import eval_figures, eval_spans, eval_sums
 
         if self.validation is None:
             return {}
-        batches = min(self.config.eval.batches, len(self.validation))
-        total = self._sum_over_ranks(eval_sums(self.engine, self.validation, batches, self.engine.device))
+        if self._eval_batches is None:
+            spans = eval_spans(self.eval_samples, self.config.data.micro_batch_size, self.placement.world_size, self.placement.rank)
+            self._eval_batches = [(self._pinned(self.validation.span(start, stop, epoch=0)), counted) for start, stop, counted in spans]
+        total = self._sum_over_ranks(eval_sums(self.engine, self._eval_batches, self.engine.device))
         return {f"eval_{name}": value for name, value in eval_figures(total).items()}
+
+    def _pinned(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.pin_memory() for k, v in batch.items()} if torch.device(self.engine.device).type == "cuda" else batch
 
     def _too_small(self, shards: ShardSet) -> str:
         config = self.config.data
@@ -153,7 +180,7 @@ class Trainer:
                 # from the global RNG would shift the dropout stream of a resumed run.
                 batches = torch.utils.data.DataLoader(
                     self.loader, batch_size=None, num_workers=workers, generator=torch.Generator(),
-                    worker_init_fn=preemption.ignore_in_worker,
+                    worker_init_fn=preemption.ignore_in_worker, pin_memory=torch.device(self.engine.device).type == "cuda",
                 )
                 self._batches = iter(batches) if workers else Prefetched(batches)
             batch = next(self._batches, None)
@@ -162,30 +189,43 @@ class Trainer:
             self._batches = None
         raise UserError(self._too_small(self.loader.shards))  # a fresh pass had nothing: never loop silently
 
-    def step(self) -> dict:
-        """One optimizer step over gradient_accumulation_steps micro batches.
+    def step(self) -> None:
+        """One optimizer step over gradient_accumulation_steps micro batches. Its figures stay on the device, queued
+        for flush(): nothing here waits for the GPU (the host reads below are of the loader's CPU tensors, via numpy,
+        which refuses device tensors).
 
         The MLM loss is a mean over the masked tokens of the whole global batch, not a mean of per-micro-batch
         means: each micro batch's token sum is divided by the global masked count (all-reduced first) and
         multiplied back by the accumulation × world division DeepSpeed applies. So accumulation 4 × micro 2
         makes the same update as micro 8, and the logged loss is the global batch's true mean.
         """
+        from trainer import engine as ds
+
         accumulation, world = self.config.train.gradient_accumulation_steps, self.placement.world_size
         device = self.engine.device
+        if not self._pending:
+            self._interval_started = time.perf_counter()
         lr = self.engine.get_lr()[0]  # the rate this step trains with (the scheduler moves on inside engine.step)
-        started = time.perf_counter()
         micro_batches = [self._next_batch() for _ in range(accumulation)]
+        if not self._checked_inputs:  # token ids against the vocabulary, once per session, on the host copy
+            first = micro_batches[0]
+            self.model.bert.check_inputs(first["input_ids"], first["token_type_ids"], first["attention_mask"])
+            self._checked_inputs = True
+        for batch in micro_batches:  # what the loader (or its workers) skipped under data.skip_corrupt_shards
+            self.skipped_shards.update(batch["skipped_shards"].numpy().tolist())
+            self.skipped_records.update(batch["skipped_records"].numpy().tolist())
         # Which samples this rank trained on, as one number (for comparing runs) and, if asked, as a list.
-        consumed = torch.cat([batch["sample_id"] for batch in micro_batches]).tolist()
+        consumed = np.concatenate([batch["sample_id"].numpy() for batch in micro_batches]).tolist()
         digest = stable_hash(*consumed) if consumed else 0
         if self.config.data.record_samples:
             self._record_samples(consumed)
-        counts = [int((batch["masked_lm_labels"] != IGNORE_INDEX).sum()) for batch in micro_batches]
-        masked = max(1.0, self._sum_over_ranks({"masked": float(sum(counts))})["masked"])
-        totals = {"mlm_sum": 0.0, "nsp_loss": 0.0, "mlm_correct": 0.0, "nsp_accuracy": 0.0}
+        labels = [batch["masked_lm_labels"].numpy() != IGNORE_INDEX for batch in micro_batches]
+        counts = [int(np.count_nonzero(rows)) for rows in labels]
+        masked = self._all_reduce(torch.tensor(float(sum(counts)), dtype=torch.float64, device=device)).clamp(min=1.0)
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # mlm loss × count, mlm hits, nsp loss, nsp accuracy
         for batch, count in zip(micro_batches, counts):
             out = self.engine(**model_inputs(batch, device))
-            self.engine.backward(out.mlm_loss * (count * accumulation * world / masked) + out.nsp_loss)
+            self.engine.backward(out.mlm_loss * (count * accumulation * world / masked).to(out.mlm_loss.dtype) + out.nsp_loss)
             try:
                 self.engine.step()
             except Exception as exc:  # DeepSpeed raises a bare Exception on an overflow at the minimum scale
@@ -197,28 +237,42 @@ class Trainer:
                     f"{self.checkpoints} is the last good state (try bf16 or a lower lr)"
                 ) from None
             self.loader.advance()
-            totals["mlm_sum"] += float(out.mlm_loss.detach()) * count
-            totals["mlm_correct"] += float(out.mlm_accuracy.detach()) * count
-            totals["nsp_loss"] += float(out.nsp_loss.detach()) / (accumulation * world)
-            totals["nsp_accuracy"] += float(out.nsp_accuracy.detach()) / (accumulation * world)
+            sums += torch.stack([out.mlm_loss.detach().double() * count, out.mlm_accuracy.detach().double() * count,
+                                 out.nsp_loss.detach().double(), out.nsp_accuracy.detach().double()])
         self.step_number += 1
         self.samples += self.ds_config["train_batch_size"]
-        totals["tokens"] = float(sum(int(batch["attention_mask"].sum()) for batch in micro_batches))
-        totals["flops"] = sum(len(batch["input_ids"]) * self.model_config.training_flops_per_sequence(
+        # Throughput counts both ways: real tokens (the work a sample needs) and padded positions (the work done).
+        lengths = [batch["attention_mask"].numpy().sum(axis=1) for batch in micro_batches]
+        padded = sum(batch["input_ids"].shape[0] * self.model_config.training_flops_per_sequence(
             batch["input_ids"].shape[1], batch["masked_lm_positions"].shape[1]) for batch in micro_batches)
-        summed = self._sum_over_ranks(totals)
-        seconds = time.perf_counter() - started
-        mlm_loss = summed["mlm_sum"] / masked
-        from trainer import engine
+        real = sum(self.model_config.training_flops_per_sequence(int(length), int(predicted))
+                   for rows, batch_lengths in zip(labels, lengths) for length, predicted in zip(batch_lengths, rows.sum(axis=1)))
+        host = torch.tensor([float(sum(int(n.sum()) for n in lengths)), padded, real], dtype=torch.float64, device=device)
+        self._pending.append((torch.cat([self._all_reduce(torch.cat([sums, host])), masked.view(1)]), {
+            "step": self.step_number, "lr": lr, "samples": self.samples, "rank0_samples_digest": digest,
+            "loss_scale": ds.loss_scale(self.engine), "skipped_steps": int(self.engine.skipped_steps)}))
 
-        return {"step": self.step_number, "loss": mlm_loss + summed["nsp_loss"], "mlm_loss": mlm_loss,
-                "nsp_loss": summed["nsp_loss"], "mlm_accuracy": summed["mlm_correct"] / masked,
-                "nsp_accuracy": summed["nsp_accuracy"], "lr": lr, "samples": self.samples, "masked_tokens": int(masked),
-                "rank0_samples_digest": digest,
-                "loss_scale": engine.loss_scale(self.engine), "skipped_steps": int(self.engine.skipped_steps),
-                "samples_per_s": self.ds_config["train_batch_size"] / seconds, "tokens_per_s": summed["tokens"] / seconds,
-                "model_tflops": summed["flops"] / seconds / 1e12, "mfu": self._mfu(summed["flops"] / seconds),
-                "gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.device(device).type == "cuda" else None}
+    def flush(self) -> list[dict]:
+        """The queued steps' figures, one dict per step: the one host read of a logging interval. Throughput is the
+        interval's average (a single step's wall time means nothing while the GPU runs ahead of the host)."""
+        if not self._pending:
+            return []
+        rows = torch.stack([figures for figures, _ in self._pending]).tolist()  # waits for the device, once
+        seconds = (time.perf_counter() - self._interval_started) / len(rows)
+        accumulation_world = self.config.train.gradient_accumulation_steps * self.placement.world_size
+        lines = []
+        for (_, host), (mlm_sum, mlm_correct, nsp_loss, nsp_accuracy, tokens, padded, real, masked) in zip(self._pending, rows):
+            mlm_loss, nsp_loss = mlm_sum / masked, nsp_loss / accumulation_world
+            lines.append({**host, "loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
+                          "mlm_accuracy": mlm_correct / masked, "nsp_accuracy": nsp_accuracy / accumulation_world,
+                          "masked_tokens": int(masked), "samples_per_s": self.ds_config["train_batch_size"] / seconds,
+                          "tokens_per_s": tokens / seconds, "model_tflops": real / seconds / 1e12,
+                          "padded_tflops": padded / seconds / 1e12, "mfu": self._mfu(real / seconds),
+                          "padded_mfu": self._mfu(padded / seconds), "skipped_shards": len(self.skipped_shards),
+                          "skipped_records": len(self.skipped_records),
+                          "gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.device(self.engine.device).type == "cuda" else None})
+        self._pending = []
+        return lines
 
     def _from_every_rank(self, value) -> list:
         """Collective: every rank's `value`, in rank order."""
@@ -238,11 +292,15 @@ class Trainer:
         peak = self.config.train.peak_tflops_per_device
         return flops_per_s / (peak * 1e12 * self.placement.world_size) if peak else None
 
-    def _sum_over_ranks(self, values: dict) -> dict:
-        # On the engine's device: NCCL reduces only CUDA tensors (gloo, on CPU, takes CPU ones).
-        tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=self.engine.device)
+    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks, in place, without reading anything back (the tensor is on the engine's device: NCCL
+        reduces only CUDA tensors, gloo CPU ones)."""
         if self.placement.world_size > 1:
             torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def _sum_over_ranks(self, values: dict) -> dict:
+        tensor = self._all_reduce(torch.tensor(list(values.values()), dtype=torch.float64, device=self.engine.device))
         return dict(zip(values, tensor.tolist()))
 
     def save(self) -> None:
@@ -279,8 +337,21 @@ class Trainer:
             return self.checkpoints, saved.folder_name
         log.info("checkpoint %s was written by %d ranks under ZeRO-%d; this run has %d rank(s) under ZeRO-%d: loading it "
                  "through DeepSpeed's universal checkpoint", step_folder, saved.world_size, saved.zero_stage, world, stage)
+        failed = step_folder / checkpoint.UNIVERSAL_FAILED
         if self.placement.rank == 0:
-            engine.to_universal(step_folder)
+            failed.unlink(missing_ok=True)  # left by an earlier attempt: removed before anyone looks
+        if world > 1:
+            torch.distributed.barrier()
+        # The conversion can outlast the collective timeout (large models, shared file systems): the other ranks
+        # wait for its result on the file system, for checkpoint.universal_wait_minutes, not in a barrier.
+        if self.placement.rank == 0:
+            try:
+                engine.to_universal(step_folder)
+            except Exception as exc:
+                failed.write_text(f"{exc}\n")
+                raise
+        else:
+            checkpoint.wait_for_universal(step_folder, self.config.checkpoint.universal_wait_minutes * 60)
         if world > 1:
             torch.distributed.barrier()
         self.ds_config["checkpoint"] = {"load_universal": True}
@@ -377,7 +448,7 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would pick CUDA on a GPU node otherwise
     from trainer import engine
 
-    engine.init_distributed(placement, device)
+    engine.init_distributed(placement, device, config.train.collective_timeout_minutes)
     trainer = Trainer(config, placement, resume)  # the handlers stay to the end: a TERM while winding down must not kill a rank
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0))
     if restarts and placement.rank == 0:
@@ -391,27 +462,34 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
     progress = tqdm(total=config.train.max_steps, initial=trainer.step_number, unit="step", dynamic_ncols=True,
                     disable=placement.rank != 0 or not sys.stderr.isatty())
     while trainer.step_number < config.train.max_steps:
-        metrics = trainer.step()
+        trainer.step()
         progress.update(1)
-        progress.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}")
-        at_min_scale = at_min_scale + 1 if _at_min(metrics, config) else 0
-        check_health(metrics, config, trainer.checkpoints, at_min_scale)
-        last_step = trainer.step_number == config.train.max_steps
-        if trainer.step_number % config.eval.interval == 0 or last_step:
-            metrics.update(trainer.evaluate())
+        step = trainer.step_number
+        last_step, stopping = step == config.train.max_steps, stop_after is not None and step >= stop_after
+        saving = step % config.checkpoint.interval == 0 or last_step or stopping
+        evaluating = step % config.eval.interval == 0 or last_step
+        if not (saving or evaluating or step % config.log.interval == 0):
+            continue  # the device runs ahead; figures, health and stop signals are looked at every log.interval steps
+        lines = trainer.flush()
+        for metrics in lines:  # before any checkpoint: a diverged state is never saved
+            at_min_scale = at_min_scale + 1 if _at_min(metrics, config) else 0
+            check_health(metrics, config, trainer.checkpoints, at_min_scale)
+        if evaluating:
+            lines[-1].update(trainer.evaluate())
         if run_log is not None:
-            run_log.write(metrics)
-        stopping = stop_after is not None and trainer.step_number >= stop_after
+            for metrics in lines:
+                run_log.write(metrics)
+        progress.set_postfix(loss=f"{lines[-1]['loss']:.3f}", lr=f"{lines[-1]['lr']:.1e}")
         preempted = signals.agreed(placement.world_size, trainer.engine.device, placement.rank)
-        if trainer.step_number % config.checkpoint.interval == 0 or last_step or stopping or preempted:
+        if saving or preempted:
             trainer.save()
         if preempted and not last_step:
             log.info("%s received: checkpointed step %d; exiting with code %d so the job is requeued and resumes here",
-                     signals.received or "a stop on another rank", trainer.step_number, preemption.REQUEUE_EXIT_CODE)
+                     signals.received or "a stop on another rank", step, preemption.REQUEUE_EXIT_CODE)
             exit_code = preemption.REQUEUE_EXIT_CODE
             break
         if stopping:
-            log.info("stopping after step %d as asked (--stop-after); resume with --resume auto", trainer.step_number)
+            log.info("stopping after step %d as asked (--stop-after); resume with --resume auto", step)
             break
     progress.close()
     if run_log is not None:
@@ -432,8 +510,17 @@ def main(argv: list[str] | None = None) -> int:
                             help="Checkpoint and exit after this step (a time-sliced job); the schedule still runs to train.max_steps.")
         # The deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same.
         parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+        parser.add_argument("--print-config", action="store_true",
+                            help="Print the resolved config and the DeepSpeed JSON it derives as one JSON object {config, deepspeed}, and exit.")
+        parser.add_argument("--world-size", type=int, default=None, metavar="N",
+                            help="With --print-config: the ranks to derive the DeepSpeed batch for (default: the launcher's, else 1).")
         args = parser.parse_args(rest)
-        return train(load_config(TrainConfig, args.config, overrides), args.resume, args.stop_after)
+        config = load_config(TrainConfig, args.config, overrides)
+        if args.print_config:
+            world = args.world_size or dist.placement(os.environ).world_size
+            print(json.dumps({"config": config.model_dump(mode="json"), "deepspeed": deepspeed_config(config, world)}, indent=2))
+            return 0
+        return train(config, args.resume, args.stop_after)
 
     return run_command("bertline train", body)
 

@@ -13,10 +13,13 @@ import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bertline.errors import UserError
 
 MARKER = "COMPLETE"
 _STEP = re.compile(r"^step(\d+)$")
@@ -98,3 +101,23 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+UNIVERSAL_FAILED = "universal.failed"  # rank 0 writes it (with the error) when a universal conversion fails
+
+
+def wait_for_universal(step_folder: Path, timeout_s: float, poll_s: float = 2.0) -> Path:
+    """Wait, polling the file system, until rank 0 has converted `step_folder` to `<step>/universal` (it renames
+    the finished folder into place) or has failed; one sentence on failure or timeout."""
+    done, failed = step_folder / "universal", step_folder / UNIVERSAL_FAILED
+    deadline = time.monotonic() + timeout_s
+    while not done.is_dir():
+        if failed.exists():
+            raise UserError(f"rank 0 could not convert {step_folder} to a universal checkpoint ({failed.read_text().strip()[:300]}); "
+                            f"see rank 0's log")
+        if time.monotonic() > deadline:
+            raise UserError(f"waited {timeout_s / 60:.0f} minutes for rank 0 to convert {step_folder} to a universal checkpoint; "
+                            f"raise checkpoint.universal_wait_minutes, or convert it beforehand with python -m "
+                            f"deepspeed.checkpoint.ds_to_universal --input_folder {step_folder} --output_folder {done} --inject_missing_state")
+        time.sleep(poll_s)
+    return done

@@ -45,7 +45,20 @@ class OptimizerSection(Section):
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
     eps: float = Field(1e-6, gt=0.0, description="Adam epsilon.")
     weight_decay: float = Field(0.01, ge=0.0, description="Decoupled weight decay; never applied to biases and LayerNorm weights.")
-    torch_adam: bool = Field(True, description="Use torch's AdamW inside DeepSpeed instead of its compiled FusedAdam (no JIT build).")
+    implementation: Literal["torch_fused", "torch", "deepspeed"] = Field(
+        "torch_fused", description="AdamW kernels: torch_fused (torch.optim.AdamW(fused=True): one kernel per step, nothing to "
+        "build), torch (its foreach path), or deepspeed (DeepSpeed's FusedAdam, or DeepSpeedCPUAdam with offload_optimizer: "
+        "compiled with nvcc/g++ on first use in every rank unless DeepSpeed was installed with DS_BUILD_FUSED_ADAM=1 / "
+        "DS_BUILD_CPU_ADAM=1). LAMB is always DeepSpeed's FusedLamb (DS_BUILD_FUSED_LAMB=1 to prebuild).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, values):
+        if isinstance(values, dict) and "torch_adam" in values:
+            raise ValueError("optimizer.torch_adam was replaced by optimizer.implementation (torch_fused, torch or deepspeed); "
+                             "torch_adam: true is implementation: torch_fused, false is implementation: deepspeed")
+        return values
 
 
 class ScheduleSection(Section):
@@ -75,17 +88,47 @@ class TrainSection(Section):
     peak_tflops_per_device: float | None = Field(
         None, gt=0.0, description="Dense bf16/fp16 peak of one device (H100/H200 SXM: 989), for the MFU column; unset on CPU.",
     )
+    collective_timeout_minutes: float = Field(30.0, gt=0.0, description="How long a collective (NCCL/gloo) may wait for a rank before the job fails.")
     max_steps_at_min_scale: int = Field(20, ge=1, description="fp16: stop when the scale has sat at its minimum this many steps (an overflow at the minimum stops at once).")
+
+
+class CommSection(Section):
+    """How DeepSpeed moves gradients and parameters between ranks (its zero_optimization and communication keys)."""
+
+    overlap_comm: bool = Field(True, description="Reduce gradient buckets while backward still runs (ZeRO 1/2; ZeRO-3 overlaps anyway).")
+    contiguous_gradients: bool = Field(True, description="Copy reduced gradients into one buffer as they arrive (less fragmentation).")
+    # 5e7 elements (100 MB in half precision): BERT-base (110M parameters) reduces in about 3 buckets and BERT-large in 7,
+    # so buckets overlap with backward; DeepSpeed's own 5e8 is one bucket for a whole base model, i.e. no overlap at all.
+    reduce_bucket_size: int = Field(50_000_000, ge=1, description="Elements per gradient reduce bucket.")
+    allgather_bucket_size: int = Field(50_000_000, ge=1, description="Elements per parameter all-gather bucket (ZeRO 1/2).")
+    data_type: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="Dtype gradients are reduced in. auto: fp32 for bf16 runs (bf16's 8-bit mantissa loses small "
+        "gradients when many ranks are summed), the model's dtype otherwise (fp16 runs reduce loss-scaled fp16).",
+    )
 
 
 class CheckpointSection(Section):
     interval: int = Field(100, ge=1, description="Save every this many optimizer steps (and at the end).")
     keep_last: int = Field(3, ge=1, description="Complete checkpoints kept; older ones are deleted.")
+    universal_wait_minutes: float = Field(
+        120.0, gt=0.0, description="How long ranks other than 0 wait (polling the file system, not in a collective) while rank 0 "
+        "converts a checkpoint from another world size or ZeRO stage to DeepSpeed's universal format.",
+    )
 
 
 class EvalSection(Section):
     interval: int = Field(100, ge=1, description="Evaluate on the validation shards every this many optimizer steps (and at the end).")
-    batches: int = Field(20, ge=1, description="Micro batches per rank per evaluation (the same ones every time).")
+    samples: int = Field(
+        2048, ge=1, description="Validation samples per evaluation: the first N of the split's seed order, the same set whatever "
+        "the world size or micro batch (fewer if the split is smaller; said once at start). Split over the ranks.",
+    )
+
+
+class LogSection(Section):
+    interval: int = Field(
+        10, ge=1, description="Step metrics stay on the device and are read back to the host every this many steps (and before "
+        "every checkpoint, evaluation and exit); metrics.jsonl still gets one line per step. Divergence is noticed at that read.",
+    )
 
 
 class SlurmSection(Section):
@@ -94,8 +137,16 @@ class SlurmSection(Section):
     launcher: Literal["srun", "deepspeed"] = Field(
         "srun", description="srun: one task per GPU, each runs the trainer; deepspeed: the deepspeed launcher on the first node with a hostfile of the allocation.",
     )
-    cpus_per_task: int = Field(8, ge=1, description="CPU cores per rank (loader workers and the host side); OMP_NUM_THREADS is set to it.")
-    mem_per_task_gb: int = Field(64, ge=1, description="Host memory per rank in GB (sbatch --mem is this × tasks per node).")
+    # 6 cores and 32 GB a rank is 48 cores and 256 GB on an 8-GPU node, which common GPU nodes give (DGX H100: 112
+    # cores, 2 TB); a rank needs its loader workers (data.num_workers, 4 in the GPU configs) plus one core of its own.
+    cpus_per_task: int = Field(6, ge=1, description="CPU cores per rank (loader workers and the host side); OMP_NUM_THREADS is set to it.")
+    mem_per_task_gb: int = Field(32, ge=1, description="Host memory per rank in GB (sbatch --mem is this × tasks per node).")
+    cpu_bind: str = Field("cores", description="srun --cpu-bind: each rank on its own cores (none: leave placement to the OS).")
+    gpu_bind: str = Field(
+        "none", description="srun --gpu-bind with GPUs. none: every rank sees the node's GPUs and takes the one of its local rank, "
+        "so NCCL keeps peer-to-peer (NVLink) paths that per-task device cgroups can hide; closest or single:1 where the site wants "
+        "it (a rank that sees one GPU uses it).",
+    )
     signal_seconds: int = Field(300, ge=10, description="Slurm sends USR1 this long before the time limit; the trainer checkpoints and the job requeues.")
     exit_grace_seconds: int = Field(120, ge=1, description="srun --wait: once one rank exits, the others are killed after this long.")
     env: dict[str, str] = Field(
@@ -116,8 +167,10 @@ class TrainConfig(Section):
     optimizer: OptimizerSection = OptimizerSection()
     schedule: ScheduleSection = ScheduleSection()
     train: TrainSection = TrainSection()
+    comm: CommSection = CommSection()
     checkpoint: CheckpointSection = CheckpointSection()
     eval: EvalSection = EvalSection()
+    log: LogSection = LogSection()
     slurm: SlurmSection = SlurmSection()
 
     @model_validator(mode="after")
@@ -143,9 +196,19 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
             f"train.global_batch_size={train.global_batch_size} but data.micro_batch_size ({micro}) × "
             f"train.gradient_accumulation_steps ({accumulation}) × world size ({world_size}) = {global_batch}; make them agree"
         )
-    zero: dict = {"stage": train.zero_stage}
+    comm = config.comm
+    zero: dict = {"stage": train.zero_stage, "contiguous_gradients": comm.contiguous_gradients,
+                  "reduce_bucket_size": comm.reduce_bucket_size}
+    if train.zero_stage in (1, 2):
+        zero.update(overlap_comm=comm.overlap_comm, allgather_bucket_size=comm.allgather_bucket_size)
+    elif train.zero_stage == 3:
+        zero["overlap_comm"] = comm.overlap_comm
     if train.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
+    params = {"lr": optimizer.lr, "betas": list(optimizer.betas), "eps": optimizer.eps, "weight_decay": optimizer.weight_decay}
+    if optimizer.name == "adamw" and optimizer.implementation != "deepspeed":
+        # DeepSpeed builds torch.optim.AdamW(**params) when torch_adam is set; fused=True is torch's single-kernel step.
+        params.update(torch_adam=True, **({"fused": True} if optimizer.implementation == "torch_fused" else {}))
     ds = {
         "train_batch_size": global_batch,
         "train_micro_batch_size_per_gpu": micro,
@@ -154,12 +217,11 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
         "zero_optimization": zero,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
-        "optimizer": {
-            "type": "Lamb" if optimizer.name == "lamb" else "AdamW",
-            "params": {"lr": optimizer.lr, "betas": list(optimizer.betas), "eps": optimizer.eps,
-                       "weight_decay": optimizer.weight_decay, **({"torch_adam": True} if optimizer.torch_adam and optimizer.name == "adamw" else {})},
-        },
+        "optimizer": {"type": "Lamb" if optimizer.name == "lamb" else "AdamW", "params": params},
     }
+    reduce_in = comm.data_type if comm.data_type != "auto" else {"bf16": "fp32"}.get(train.precision)
+    if reduce_in is not None:
+        ds["communication_data_type"] = reduce_in
     if train.precision == "bf16":
         ds["bf16"] = {"enabled": True}
     elif train.precision == "fp16":

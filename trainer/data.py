@@ -119,12 +119,14 @@ def collate(batch: schema.SampleBatch, sample_index: np.ndarray, max_predictions
     }
 
 
-BOOKKEEPING = ("sample_index", "sample_id")  # batch entries that say which samples these are; not model inputs
+# Batch entries that are not model inputs: which samples these are, and the corrupt shards and records the loader
+# (or worker) that built the batch has skipped so far (shard index; shard × records_per_shard + record).
+BOOKKEEPING = ("sample_index", "sample_id", "skipped_shards", "skipped_records")
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """A collated batch as the model's keyword arguments, on `device`."""
-    return {k: v.to(device) for k, v in batch.items() if k not in BOOKKEEPING}
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in BOOKKEEPING}  # async from pinned memory
 
 
 def remask(batch: schema.SampleBatch, sample_index: np.ndarray, seed: int, epoch: int, spec: MaskingSpec) -> schema.SampleBatch:
@@ -314,7 +316,10 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
         """This rank's micro batch `number` counted from `position` of `epoch` (default: the current ones), collated."""
         epoch = self.epoch if epoch is None else epoch
         position = self.position if position is None else position
-        start, stop = rank_slice(position, number, self.spec.micro_batch_size, self.spec.world_size, self.spec.rank)
+        return self.span(*rank_slice(position, number, self.spec.micro_batch_size, self.spec.world_size, self.spec.rank), epoch)
+
+    def span(self, start: int, stop: int, epoch: int) -> dict[str, torch.Tensor]:
+        """Global samples [start, stop) of `epoch`, collated (any count: evaluation's last batch may be short)."""
         data, indices, ids = self.samples(start, stop, epoch)
         if self.spec.masking == "dynamic":
             data = remask(data, indices, self.spec.seed, epoch, self.masking_spec)
@@ -325,8 +330,11 @@ class PretrainingBatches(torch.utils.data.IterableDataset):
             multiple = self.spec.pad_to_multiple_of
             length = max(longest, min(self.shards.max_seq_length, -(-longest // multiple) * multiple))
         pad = self.shards.tokenizer["special_ids"]["[PAD]"]
+        per_shard = self.shards.records_per_shard
         return {**collate(data, indices, self.shards.max_predictions_per_seq, pad, length),
-                "sample_id": torch.from_numpy(ids.astype(np.int64))}
+                "sample_id": torch.from_numpy(ids.astype(np.int64)),
+                "skipped_shards": torch.tensor(sorted(self._corrupt), dtype=torch.int64),
+                "skipped_records": torch.tensor(sorted(shard * per_shard + record for shard, record in self._skipped_records), dtype=torch.int64)}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         # The pass is fixed when it starts: the trainer advances the position of this same object while

@@ -10,6 +10,8 @@ import socket
 import subprocess
 from typing import Mapping
 
+from bertline.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
@@ -26,18 +28,47 @@ class Placement:
                 "MASTER_ADDR": self.master_addr, "MASTER_PORT": str(self.master_port)}
 
 
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Every host of a Slurm node list, in Slurm's order, as `scontrol show hostnames` prints them: comma-separated
+    names, each with any number of bracket ranges anywhere in it (zero-padded widths kept):
+    `gpu[01-02]-ib` → gpu01-ib gpu02-ib, `rack[1-2]-n[01-02]` → rack1-n01 rack1-n02 rack2-n01 rack2-n02."""
+    hosts: list[str] = []
+    for name in re.split(r",(?![^\[]*\])", nodelist.strip()):
+        if not name:
+            continue
+        expanded = [""]
+        for literal, ranges in re.findall(r"([^\[]*)(?:\[([^\]]*)\])?", name):
+            values = [""]
+            if ranges:
+                values = []
+                for part in ranges.split(","):
+                    low, _, high = part.partition("-")
+                    if not low.isdigit() or (high and not high.isdigit()):
+                        raise UserError(f"cannot read the Slurm node list {nodelist!r}: {part!r} is not a number or a range; "
+                                        f"set MASTER_ADDR to the first node's name")
+                    width = len(low)
+                    values += [str(number).zfill(width) for number in range(int(low), int(high or low) + 1)]
+            expanded = [prefix + literal + value for prefix in expanded for value in values]
+        hosts += expanded
+    return hosts
+
+
 def first_host(nodelist: str) -> str:
-    """The first host of a Slurm node list: `scontrol show hostnames` when present, else parsed here
-    (`node[03-05,7],gpu1` → node03)."""
+    """The first host of a Slurm node list: `scontrol show hostnames` when present (containers often lack it),
+    else expand_nodelist."""
     try:
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=10)
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.split()[0]
     except (OSError, subprocess.TimeoutExpired):
         pass
-    head = re.split(r",(?![^\[]*\])", nodelist)[0]
-    match = re.match(r"^(.*?)\[([^\],-]+)", head)
-    return match.group(1) + match.group(2) if match else head
+    return expand_nodelist(nodelist)[0]
+
+
+def slurm_port(job_id: int) -> int:
+    """The rendezvous port of a Slurm job: the same on every task, distinct for jobs sharing a node, and in
+    15000-29999, below Linux's ephemeral range (32768-60999) so no outgoing connection of the node holds it."""
+    return 15000 + job_id % 15000
 
 
 def free_port() -> int:
@@ -52,10 +83,9 @@ def placement(env: Mapping[str, str]) -> Placement:
         return Placement(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
                          env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), "torchrun")
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        job = int(env.get("SLURM_JOB_ID", 0))
-        # A port from the job id: distinct for jobs sharing a node, the same on every task of one job.
+        port = int(env.get("MASTER_PORT") or slurm_port(int(env.get("SLURM_JOB_ID", 0))))  # MASTER_PORT: the user's choice wins
         return Placement(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                         first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")), 20000 + job % 20000, "slurm")
+                         env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")), port, "slurm")
     return Placement(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port(), "single")
 
 
@@ -64,8 +94,6 @@ def resolve_device(requested: str, cuda_available: bool) -> str:
     if requested == "auto":
         return "cuda" if cuda_available else "cpu"
     if requested == "cuda" and not cuda_available:
-        from bertline.errors import UserError
-
         raise UserError("train.device is cuda but this process sees no GPU; request GPUs (bertline submit --gpus-per-node, "
                         "srun --gpus-per-task) or set --train.device cpu")
     return requested

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import subprocess
@@ -16,12 +17,15 @@ from trainer.dist import Placement
 from trainer.schedule import learning_rate
 
 
-def init_distributed(placement: Placement, device: str) -> None:
-    """env:// rendezvous from any launcher (DeepSpeed reads no SLURM_* variable itself); NCCL on GPUs, gloo on CPU."""
+def init_distributed(placement: Placement, device: str, timeout_minutes: float = 30.0) -> None:
+    """env:// rendezvous from any launcher (DeepSpeed reads no SLURM_* variable itself); NCCL on GPUs, gloo on CPU.
+    A rank that sees one GPU (srun --gpu-bind or --gpus-per-task gave it its own) uses that one; otherwise the GPU
+    of its local rank."""
     os.environ.update(placement.environment())
     if device == "cuda":
-        torch.cuda.set_device(placement.local_rank)
-    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False)
+        torch.cuda.set_device(placement.local_rank % torch.cuda.device_count())
+    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False,
+                               timeout=datetime.timedelta(minutes=timeout_minutes))
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -32,24 +33,35 @@ def load_model(path: Path):
     return trained.model, trained.tokenizer_sha256
 
 
-def eval_sums(model, loader: PretrainingBatches, batches: int, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Sums over the loader's first `batches` batches of epoch 0 (static masks): masked-token MLM loss and hits,
-    masked tokens, NSP hits, sequences. Sums, so that ranks can add theirs before dividing (eval_figures)."""
-    sums = dict.fromkeys(("mlm_loss", "mlm_correct", "masked", "nsp_correct", "sequences"), 0.0)
+def eval_spans(samples: int, micro_batch_size: int, world_size: int, rank: int) -> list[tuple[int, int, bool]]:
+    """What `rank` evaluates: the first `samples` samples of epoch 0's order, cut into micro-batch spans [start, stop)
+    dealt round-robin over the ranks, so the set is the same for any world size or micro batch. Every rank runs the
+    same number of forwards (ZeRO-3's forward is a collective): a rank short of spans repeats the first one with
+    counted=False, and its sums are dropped."""
+    spans = [(start, min(samples, start + micro_batch_size)) for start in range(0, samples, micro_batch_size)]
+    mine = [(start, stop, True) for start, stop in spans[rank::world_size]]
+    return mine + [(*spans[0], False)] * (-(-len(spans) // world_size) - len(mine))
+
+
+def eval_sums(model, batches: Iterable[tuple[dict, bool]], device: torch.device | str = "cpu") -> dict[str, float]:
+    """Sums over (batch, counted) pairs: masked-token MLM loss and hits, masked tokens, NSP hits, sequences. They stay
+    on the device and are read back once at the end; sums, so that ranks can add theirs before dividing (eval_figures)."""
+    names = ("mlm_loss", "mlm_correct", "masked", "nsp_correct", "sequences")
+    sums = torch.zeros(len(names), dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for number in range(batches):
-            batch = loader.batch(number, epoch=0, position=0)
-            out = model(**model_inputs(batch, device))
-            count = float((batch["masked_lm_labels"] != IGNORE_INDEX).sum())
-            sums["mlm_loss"] += float(out.mlm_loss) * count
-            sums["mlm_correct"] += float(out.mlm_accuracy) * count
-            sums["masked"] += count
-            sums["nsp_correct"] += float(out.nsp_accuracy) * len(batch["input_ids"])
-            sums["sequences"] += len(batch["input_ids"])
+        for batch, counted in batches:
+            inputs = model_inputs(batch, device)
+            out = model(**inputs)
+            if not counted:
+                continue
+            count = (inputs["masked_lm_labels"] != IGNORE_INDEX).sum()
+            sequences = len(batch["input_ids"])
+            sums += torch.stack([out.mlm_loss.double() * count, out.mlm_accuracy.double() * count, count.double(),
+                                 out.nsp_accuracy.double() * sequences, torch.tensor(float(sequences), dtype=torch.float64, device=device)])
     model.train(was_training)
-    return sums
+    return dict(zip(names, sums.tolist()))
 
 
 def eval_figures(sums: dict[str, float]) -> dict[str, float]:
@@ -64,7 +76,7 @@ def evaluate(model, shards: ShardSet, batch_size: int = 64, max_batches: int | N
     if batches == 0:
         raise UserError(f"{shards.folder} has {shards.total_samples} {shards.split} samples, fewer than one batch of {batch_size}; "
                         f"lower --batch-size")
-    sums = eval_sums(model, loader, batches)
+    sums = eval_sums(model, ((loader.batch(number, epoch=0, position=0), True) for number in range(batches)))
     return {"split": shards.split, "sequences": int(sums["sequences"]), "masked_tokens": int(sums["masked"]), **eval_figures(sums)}
 
 

@@ -1,10 +1,10 @@
 """Preemption: Slurm warns a job before it stops it — USR1 at `--signal=B:USR1@N` seconds before the time
 limit (the job script forwards it to the ranks) or TERM when it preempts the job. The trainer does not die
-there: it finishes the optimizer step it is in, every rank agrees to stop after the same step, it writes a
+there: it finishes the logging interval it is in (log.interval steps), every rank agrees to stop after the same step, it writes a
 checkpoint and exits with REQUEUE_EXIT_CODE, and the job script requeues the job, which resumes from that
 checkpoint.
 
-A stop file does the same without signals: rank 0 looks for `<run_dir>/STOP` after every step. The batch
+A stop file does the same without signals: rank 0 looks for `<run_dir>/STOP` every log.interval steps. The batch
 script of the deepspeed launch mode touches it (DeepSpeed's launcher does not pass USR1 on), and a user can
 touch it to stop a run cleanly. A run removes a stale STOP file when it starts.
 """

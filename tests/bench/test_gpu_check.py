@@ -22,7 +22,7 @@ def test_dry_run_rehearses_every_step(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert report["dry_run"] and report["device"] == "cpu"
-    for run in ("base_zero2_fp16", "large_zero3_bf16", "base_zero2_fp16_compiled", "large_zero2_bf16_compiled"):
+    for run in ("base_zero2_fp16", "large_zero2_bf16", "base_zero2_fp16_compiled", "large_zero2_bf16_compiled"):
         assert report[run]["sequences_per_s"] > 0 and report[run]["tokens_per_s"] > 0, report[run]
     assert report["resume"]["identical"], report["resume"]
     overflow = report["fp16_overflow"]

@@ -23,14 +23,15 @@ def submit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_dry_run_prints_a_valid_script_for_each_launcher(shards, tmp_path):
-    for launcher, line in (("srun", "srun --wait=120 --ntasks-per-node=8"), ("deepspeed", "-m deepspeed.launcher.runner --hostfile")):
+    for launcher, line in (("srun", "--cpu-bind=cores --gpu-bind=none"), ("deepspeed", "-m deepspeed.launcher.runner --hostfile")):
         result = submit("--config", GPU, "--data.shards", str(shards), "--run_dir", str(tmp_path / "run"), "--nodes", "2",
                         "--gpus-per-node", "8", "--time", "24:00:00", "--partition", "gpu", "--account", "proj",
                         "--data.micro_batch_size", "4", "--slurm.launcher", launcher, "--dry-run")
         assert result.returncode == 0, result.stderr[-2000:]
         script = result.stdout
         for expected in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=8", "#SBATCH --time=24:00:00", "#SBATCH --partition=gpu",
-                         "#SBATCH --account=proj", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300", "export OMP_NUM_THREADS=8",
+                         "#SBATCH --account=proj", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300", "export OMP_NUM_THREADS=6",
+                         "#SBATCH --mem=256G",
                          "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1", line, f"--config {tmp_path}/run/submit/"):
             assert expected in script, (launcher, expected)
         syntax = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)

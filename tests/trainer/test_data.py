@@ -138,8 +138,9 @@ def test_a_flipped_byte_names_its_shard_and_record(shards, tmp_path, capsys):
         for _ in loader:
             pass
     skipping = PretrainingBatches(ShardSet.open(broken), LoaderSpec(micro_batch_size=8, seed=0, skip_corrupt_shards=True))
-    count = sum(1 for _ in skipping)
-    assert count == len(skipping) and skipping.skipped_records == [("train-00000.tar", 1)]
+    batches = list(skipping)
+    assert len(batches) == len(skipping) and skipping.skipped_records == [("train-00000.tar", 1)]
+    assert batches[-1]["skipped_records"].tolist() == [1]  # each batch says what its loader (or worker) skipped so far
     assert verify_main([str(broken)]) == 1
     captured = capsys.readouterr()
     assert "train-00000.tar: 2 problem(s)" in captured.out and "train-00001.tar: ok" in captured.out
@@ -168,7 +169,9 @@ def test_corrupt_index_truncated_and_incomplete_shard_folders(shards, tmp_path, 
         for _ in PretrainingBatches(ShardSet.open(broken), LoaderSpec(micro_batch_size=8, seed=0)):
             pass
     skipping = PretrainingBatches(ShardSet.open(broken), LoaderSpec(micro_batch_size=8, seed=0, skip_corrupt_shards=True))
-    assert sum(1 for _ in skipping) == len(skipping) and skipping.skipped_shards == ["train-00000.tar"]
+    batches = list(skipping)
+    assert len(batches) == len(skipping) and skipping.skipped_shards == ["train-00000.tar"]
+    assert batches[-1]["skipped_shards"].tolist() == [0]
     path = broken / shard_set.shards[1]["path"]
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(UserError, match=r"train-00001\.tar has \d+ bytes but the manifest says \d+: it is truncated"):

@@ -233,7 +233,7 @@ def test_continue_pretraining_minilm_beats_random_init_and_exports_to_transforme
     random_init = _hf_folder(tmp_path / "random-minilm", source.config, heads=False)
     shutil.copy(minilm / "vocab.txt", random_init / "vocab.txt")
     shutil.copy(minilm / "tokenizer_config.json", random_init / "tokenizer_config.json")
-    steps = ("--train.max_steps", "12", "--optimizer.lr", "0.0002", "--schedule.warmup_steps", "2", "--eval.batches", "8")
+    steps = ("--train.max_steps", "12", "--optimizer.lr", "0.0002", "--schedule.warmup_steps", "2", "--eval.samples", "64")
     released = _train(shards, tmp_path / "from-minilm", "--model.init_from", str(minilm), *steps)
     scratch = _train(shards, tmp_path / "from-random", "--model.init_from", str(random_init), *steps)
     ours, theirs = released[-1]["eval_mlm_loss"], scratch[-1]["eval_mlm_loss"]

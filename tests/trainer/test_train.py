@@ -63,7 +63,7 @@ def test_export_gives_a_folder_transformers_loads(shards, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).nsp_logits, hf.eval()(input_ids=ids).seq_relationship_logits, atol=1e-5, rtol=1e-5)
     # bertline eval scores the step folder and its export alike, and agrees with the trainer's own final eval
-    # (debug_cpu.yaml: eval.batches 10 of micro batch 8, seed 1234).
+    # (debug_cpu.yaml: eval.samples 80, seed 1234).
     def evaluate(path: Path) -> dict:
         result = subprocess.run([sys.executable, "-m", "bertline.cli", "eval", str(path), "--shards", str(shards), "--json",
                                  "--batch-size", "8", "--max-batches", "10", "--seed", "1234"],
@@ -336,3 +336,110 @@ def test_a_run_stays_with_its_data_and_its_tokenizer(shards, tmp_path):
     result = subprocess.run([sys.executable, "-m", "bertline.cli", "eval", str(run / "checkpoints" / "step00000002"), "--shards", str(data)],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 2 and "was trained with another tokenizer than" in result.stderr, result.stderr[-2000:]
+
+
+HOST_READS = r'''
+import collections, json, os, sys, traceback
+import torch
+from bertline.config import load_config
+from model.bert import BertModel
+from trainer import dist, engine
+from trainer.__main__ import Trainer
+from trainer.config import TrainConfig
+
+shards, run_dir, precision = sys.argv[1:4]
+os.environ["DS_ACCELERATOR"] = "cpu"
+BertModel.reads_values = lambda self, tensor: self.debug_checks  # as on a GPU: value checks of device tensors are off
+config = load_config(TrainConfig, "configs/train/debug_cpu.yaml", {
+    "data.shards": shards, "run_dir": run_dir, "log.interval": "1000", "train.precision": precision, "tensorboard": "false"})
+placement = dist.placement(os.environ)
+engine.init_distributed(placement, "cpu")
+trainer = Trainer(config, placement, "none")
+trainer.resume()
+for _ in range(2):  # warm-up steps: first-call set-up is not the steady state
+    trainer.step()
+trainer.flush()
+callers = collections.Counter()
+for name in ("item", "__float__", "__int__", "__bool__", "__index__", "tolist"):
+    def counted(self, *args, _original=getattr(torch.Tensor, name), **kwargs):
+        frame = traceback.extract_stack(limit=2)[0]
+        callers["deepspeed" if "deepspeed" in frame.filename else frame.filename] += 1
+        return _original(self, *args, **kwargs)
+    setattr(torch.Tensor, name, counted)
+for _ in range(4):
+    trainer.step()
+steps = dict(callers)
+callers.clear()
+lines = trainer.flush()
+print(json.dumps({"steps": steps, "flush": dict(callers), "lines": len(lines)}))
+'''
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_training_step_reads_nothing_back_from_the_device(shards, tmp_path, precision):
+    """Every read of a tensor's value on the host (item, float, int, bool, tolist) waits for a GPU. Counted over
+    four steps: none from the trainer or the model (their step figures stay on the device until flush, which reads
+    once); DeepSpeed's own grad-norm checks (3 a step under ZeRO-2) are its business."""
+    result = subprocess.run([sys.executable, "-c", HOST_READS, str(shards), str(tmp_path / "run"), precision],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads(result.stdout.splitlines()[-1])
+    ours = {caller: n for caller, n in counts["steps"].items() if caller != "deepspeed"}
+    assert ours == {}, f"host reads per 4 steps outside DeepSpeed: {ours}"
+    assert counts["steps"].get("deepspeed", 0) <= 4 * 4
+    assert sum(counts["flush"].values()) == 1 and counts["lines"] == 4
+
+
+SLOW_CONVERSION = r'''
+import sys, time
+from trainer import engine
+convert = engine.to_universal
+def slow(step_folder):  # a large model on a shared file system: longer than the collective timeout
+    time.sleep(20)
+    return convert(step_folder)
+engine.to_universal = slow
+from trainer.__main__ import main
+sys.exit(main())
+'''
+
+
+def test_a_conversion_longer_than_the_collective_timeout_is_waited_for_and_eval_is_world_size_free(shards, tmp_path):
+    """One rank trains 4 steps; two ranks resume it. Rank 0 converts to a universal checkpoint for 20 s while the
+    collective timeout is 6 s: rank 1 waits on the file system, not in a barrier. Then the two-rank run's final
+    evaluation equals `bertline eval` of its checkpoint in one process: the same eval.samples whatever the world size."""
+    run = tmp_path / "run"
+    _train(shards, run, "--data.micro_batch_size", "4", "--train.max_steps", "8", "--stop-after", "4")
+    script = tmp_path / "slow_conversion.py"
+    script.write_text(SLOW_CONVERSION)
+    from trainer.dist import free_port
+
+    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script),
+               "--config", str(ROOT / "configs/train/debug_cpu.yaml"), "--data.shards", str(shards), "--run_dir", str(run),
+               "--data.micro_batch_size", "2", "--train.max_steps", "8", "--checkpoint.interval", "4",
+               "--train.collective_timeout_minutes", "0.1"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "checkpoints" / "step00000004" / "universal").is_dir()
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, 9))
+    scored = subprocess.run([sys.executable, "-m", "bertline.cli", "eval", str(run / "checkpoints" / "step00000008"), "--shards", str(shards),
+                             "--json", "--batch-size", "8", "--max-batches", "10", "--seed", "1234"],  # debug_cpu.yaml: eval.samples 80
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    one_process = json.loads(scored.stdout)
+    for key in ("mlm_loss", "mlm_accuracy", "nsp_accuracy"):
+        assert lines[-1][f"eval_{key}"] == pytest.approx(one_process[key], abs=1e-5)
+
+
+def test_skipped_corrupt_shards_reach_the_metrics_from_loader_workers(shards, tmp_path):
+    import shutil
+
+    from trainer.data import ShardSet, shard_order
+
+    broken = tmp_path / "broken"
+    shutil.copytree(shards, broken)
+    first = int(shard_order(1234, 0, len(ShardSet.open(broken).shards))[0])  # debug_cpu.yaml's seed: read in step 1
+    index = broken / ShardSet.open(broken).shards[first]["index"]["path"]
+    index.write_bytes(b"not an index" + index.read_bytes()[12:])
+    lines = _train(broken, tmp_path / "run", "--train.max_steps", "3", "--data.num_workers", "2", "--data.skip_corrupt_shards", "true")
+    assert [m["skipped_shards"] for m in lines] == [1, 1, 1] and lines[-1]["skipped_records"] == 0
