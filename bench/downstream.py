@@ -1,6 +1,7 @@
 """What pretraining buys on a real task, and whether our fine-tuning is right: Chinese review sentiment.
 
-    .venv/bin/python bench/downstream.py [--quick]        # needs the bench extra (accelerate): make bench installs it
+    .venv/bin/python bench/downstream.py [--quick] [--pretrain-steps N --pretrain-lr LR --dupe-factor K] [--device cuda]
+    # needs the bench extra (accelerate): make bench installs it
 
 1. `bertline prepare` on `../shared/corpora/zh_novels` with configs/pipeline/chinese.yaml (SentencePiece trained in
    the job, NFKC, jieba whole-word masking), sequence 128.
@@ -56,7 +57,7 @@ def subset(path: Path, rows: int | None, out: Path) -> Path:
     return out
 
 
-def hf_trainer(export: Path, train: Path, test: Path, hp: dict, work: Path) -> dict:
+def hf_trainer(export: Path, train: Path, test: Path, hp: dict, work: Path, device: str) -> dict:
     """transformers.Trainer on the export, fed the ids our tokenizer gives (the same ids bertline finetune trains on)."""
     import torch
     import transformers
@@ -86,7 +87,7 @@ def hf_trainer(export: Path, train: Path, test: Path, hp: dict, work: Path) -> d
         output_dir=str(work / "hf"), num_train_epochs=hp["epochs"], per_device_train_batch_size=hp["batch_size"],
         per_device_eval_batch_size=hp["batch_size"], learning_rate=hp["lr"], warmup_steps=int(hp["warmup_ratio"] * total_steps),
         weight_decay=hp["weight_decay"], lr_scheduler_type="linear", max_grad_norm=1.0, adam_epsilon=1e-8, seed=hp["seed"],
-        eval_strategy="epoch", save_strategy="no", logging_strategy="no", report_to=[], use_cpu=True,
+        eval_strategy="epoch", save_strategy="no", logging_strategy="no", report_to=[], use_cpu=device == "cpu",
         disable_tqdm=True, dataloader_num_workers=0)
     trainer = transformers.Trainer(model=model, args=arguments, train_dataset=as_rows["train"], eval_dataset=as_rows["test"],
                                    data_collator=collate, compute_metrics=accuracy)
@@ -101,14 +102,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="A smoke run: a fifth of the corpus, 20 pretraining steps, 1,000 train / 500 test rows.")
     parser.add_argument("--pretrain-steps", type=int, default=None)
-    parser.add_argument("--pretrain-lr", type=float, default=1e-3)
-    parser.add_argument("--dupe-factor", type=int, default=3, help="Masked copies of each document in the shards (masks are fixed at prepare time).")
+    parser.add_argument("--pretrain-lr", type=float, default=5e-4)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="Where pretraining and fine-tuning run (cuda: one GPU).")
+    parser.add_argument("--dupe-factor", type=int, default=2, help="Masked copies of each document in the shards (masks are fixed at prepare time).")
     args = parser.parse_args()
     for path in (CORPUS, TASK / "train.jsonl"):
         if not path.exists():
             print(f"bench/downstream.py: skipped: {path} is absent (the team's shared data sits beside the project root)")
             return 0
-    steps = args.pretrain_steps or (20 if args.quick else 3000)
+    steps = args.pretrain_steps or (20 if args.quick else 600)
     # One epoch of 64-token reviews (the median review is 46 characters): three fine-tunings of the whole train set
     # cost about 15 minutes on 2 cores; 128 tokens or 3 epochs would triple that.
     hp = {"epochs": 1, "lr": 2e-4, "batch_size": 32, "warmup_ratio": 0.1, "weight_decay": 0.01, "max_length": 64, "seed": 42}
@@ -122,7 +124,7 @@ def main() -> int:
         timing["pretrain"] = run([python, "-m", "trainer", "--config", "configs/train/debug_cpu.yaml", "--model.preset", "mini",
                                   "--data.shards", str(shards), "--run_dir", str(run_dir), "--train.max_steps", str(steps),
                                   "--data.micro_batch_size", "32", "--optimizer.lr", str(args.pretrain_lr), "--schedule.warmup_steps", str(max(1, steps // 20)),
-                                  "--checkpoint.interval", str(steps), "--eval.interval", str(max(1, steps // 5)), "--tensorboard", "false"], work / "pretrain.log")
+                                  "--train.device", args.device, "--checkpoint.interval", str(steps), "--eval.interval", str(max(1, steps // 5)), "--tensorboard", "false"], work / "pretrain.log")
         run([python, "-m", "bertline.cli", "export", str(run_dir / "checkpoints" / f"step{steps:08d}"), str(export)], work / "export.log")
         pretrain_eval = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "eval_mlm_accuracy" in line][-1]
         train = subset(TASK / "train.jsonl", 1000 if args.quick else None, work / "train.jsonl")
@@ -133,10 +135,10 @@ def main() -> int:
             timing[name] = run([python, "-m", "bertline.cli", "finetune", "--model", str(model), "--train", str(train), "--eval", str(test),
                                 "--output", str(out), "--epochs", str(hp["epochs"]), "--lr", str(hp["lr"]), "--batch-size", str(hp["batch_size"]),
                                 "--warmup-ratio", str(hp["warmup_ratio"]), "--weight-decay", str(hp["weight_decay"]),
-                                "--max-length", str(hp["max_length"]), "--seed", str(hp["seed"]), "--device", "cpu"], work / f"{out.name}.log")
+                                "--max-length", str(hp["max_length"]), "--seed", str(hp["seed"]), "--device", args.device], work / f"{out.name}.log")
             metrics = json.loads((out / "metrics.json").read_text())
             results[name] = {**metrics["best"], "epochs": [e["eval_accuracy"] for e in metrics["epochs"]], "seconds": round(timing[name], 1)}
-        results["HuggingFace Trainer"] = hf_trainer(export, train, test, hp, work)
+        results["HuggingFace Trainer"] = hf_trainer(export, train, test, hp, work, args.device)
         n, train_rows = (sum(1 for _ in open(path, encoding="utf-8")) for path in (test, train))
     se = {name: math.sqrt(r["eval_accuracy"] * (1 - r["eval_accuracy"]) / n) for name, r in results.items()}
     gain = results["pretrained"]["eval_accuracy"] - results["random init"]["eval_accuracy"]
