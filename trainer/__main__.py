@@ -471,13 +471,14 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
         if not (saving or evaluating or step % config.log.interval == 0):
             continue  # the device runs ahead; figures, health and stop signals are looked at every log.interval steps
         lines = trainer.flush()
-        for metrics in lines:  # before any checkpoint: a diverged state is never saved
-            at_min_scale = at_min_scale + 1 if _at_min(metrics, config) else 0
-            check_health(metrics, config, trainer.checkpoints, at_min_scale)
-        if evaluating:
-            lines[-1].update(trainer.evaluate())
-        if run_log is not None:
-            for metrics in lines:
+        try:
+            for metrics in lines:  # before any checkpoint: a diverged state is never saved
+                at_min_scale = at_min_scale + 1 if _at_min(metrics, config) else 0
+                check_health(metrics, config, trainer.checkpoints, at_min_scale)
+            if evaluating:
+                lines[-1].update(trainer.evaluate())
+        finally:  # every step read back is recorded, the ones that diverged too
+            for metrics in lines if run_log is not None else ():
                 run_log.write(metrics)
         progress.set_postfix(loss=f"{lines[-1]['loss']:.3f}", lr=f"{lines[-1]['lr']:.1e}")
         preempted = signals.agreed(placement.world_size, trainer.engine.device, placement.rank)

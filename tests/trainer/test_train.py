@@ -2,6 +2,7 @@
 bitwise where an uninterrupted one would be."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -443,3 +444,17 @@ def test_skipped_corrupt_shards_reach_the_metrics_from_loader_workers(shards, tm
     index.write_bytes(b"not an index" + index.read_bytes()[12:])
     lines = _train(broken, tmp_path / "run", "--train.max_steps", "3", "--data.num_workers", "2", "--data.skip_corrupt_shards", "true")
     assert [m["skipped_shards"] for m in lines] == [1, 1, 1] and lines[-1]["skipped_records"] == 0
+
+
+def test_divergence_inside_a_logging_interval_stops_before_any_checkpoint(shards, tmp_path):
+    """Figures are read every log.interval (4) steps: a loss that became non-finite at step 2 stops the run at that
+    read, with every step read back in metrics.jsonl and no checkpoint of the diverged weights."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "trainer", "--config", str(ROOT / "configs/train/debug_cpu.yaml"), "--data.shards", str(shards),
+               "--run_dir", str(run), "--train.max_steps", "12", "--optimizer.lr", "1e6", "--schedule.warmup_steps", "0",
+               "--train.gradient_clipping", "0", "--log.interval", "4", "--checkpoint.interval", "3", "--tensorboard", "false"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert re.search(r"bertline train: error: the loss became (nan|inf) at step 2 \(fp32\); training stopped", result.stderr)
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert not (run / "checkpoints").exists()  # the read before step 3's checkpoint found the divergence
