@@ -147,7 +147,8 @@ class Trainer:
         if self.eval_samples < self.config.eval.samples and self.placement.rank == 0:
             log.warning("the validation split of %s holds %d samples, fewer than eval.samples=%d: %s", self.config.data.shards,
                         shards.total_samples, self.config.eval.samples, "evaluating on all of them" if self.eval_samples else "evaluation is off")
-        spec = LoaderSpec(micro_batch_size=self.config.data.micro_batch_size, world_size=1, rank=0, seed=self.config.seed)
+        spec = LoaderSpec(micro_batch_size=self.config.data.micro_batch_size, world_size=1, rank=0, seed=self.config.seed,
+                          pad_to_multiple_of=self._pad_multiple(shards), fixed_length=self.config.data.fixed_length)
         return PretrainingBatches(shards, spec, masking) if self.eval_samples else None
 
     def evaluate(self) -> dict:
@@ -162,6 +163,12 @@ class Trainer:
             self._eval_batches = [(self._pinned(self.validation.span(start, stop, epoch=0)), counted) for start, stop, counted in spans]
         total = self._sum_over_ranks(eval_sums(self.engine, self._eval_batches, self.engine.device))
         return {f"eval_{name}": value for name, value in eval_figures(total).items()}
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the engine's device without waiting for it (pinned, asynchronous on CUDA)."""
+        if torch.device(self.engine.device).type == "cuda":
+            return tensor.pin_memory().to(self.engine.device, non_blocking=True)
+        return tensor.to(self.engine.device)
 
     def _pinned(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.pin_memory() for k, v in batch.items()} if torch.device(self.engine.device).type == "cuda" else batch
@@ -221,7 +228,8 @@ class Trainer:
             self._record_samples(consumed)
         labels = [batch["masked_lm_labels"].numpy() != IGNORE_INDEX for batch in micro_batches]
         counts = [int(np.count_nonzero(rows)) for rows in labels]
-        masked = self._all_reduce(torch.tensor(float(sum(counts)), dtype=torch.float64, device=device)).clamp(min=1.0)
+        # torch.full is a kernel launch; torch.tensor(..., device=cuda) would copy from pageable memory and sync.
+        masked = self._all_reduce(torch.full((), float(sum(counts)), dtype=torch.float64, device=device)).clamp(min=1.0)
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # mlm loss × count, mlm hits, nsp loss, nsp accuracy
         for batch, count in zip(micro_batches, counts):
             out = self.engine(**model_inputs(batch, device))
@@ -247,7 +255,7 @@ class Trainer:
             batch["input_ids"].shape[1], batch["masked_lm_positions"].shape[1]) for batch in micro_batches)
         real = sum(self.model_config.training_flops_per_sequence(int(length), int(predicted))
                    for rows, batch_lengths in zip(labels, lengths) for length, predicted in zip(batch_lengths, rows.sum(axis=1)))
-        host = torch.tensor([float(sum(int(n.sum()) for n in lengths)), padded, real], dtype=torch.float64, device=device)
+        host = self._to_device(torch.tensor([float(sum(int(n.sum()) for n in lengths)), padded, real], dtype=torch.float64))
         self._pending.append((torch.cat([self._all_reduce(torch.cat([sums, host])), masked.view(1)]), {
             "step": self.step_number, "lr": lr, "samples": self.samples, "rank0_samples_digest": digest,
             "loss_scale": ds.loss_scale(self.engine), "skipped_steps": int(self.engine.skipped_steps)}))
@@ -462,7 +470,12 @@ def train(config: TrainConfig, resume: str, stop_after: int | None = None) -> in
     progress = tqdm(total=config.train.max_steps, initial=trainer.step_number, unit="step", dynamic_ncols=True,
                     disable=placement.rank != 0 or not sys.stderr.isatty())
     while trainer.step_number < config.train.max_steps:
-        trainer.step()
+        try:
+            trainer.step()
+        except TrainingDiverged:  # the queued steps are the loss-scale trace that explains it: record them first
+            for metrics in trainer.flush() if run_log is not None else ():
+                run_log.write(metrics)
+            raise
         progress.update(1)
         step = trainer.step_number
         last_step, stopping = step == config.train.max_steps, stop_after is not None and step >= stop_after

@@ -144,8 +144,8 @@ class SlurmSection(Section):
     cpu_bind: str = Field("cores", description="srun --cpu-bind: each rank on its own cores (none: leave placement to the OS).")
     gpu_bind: str = Field(
         "none", description="srun --gpu-bind with GPUs. none: every rank sees the node's GPUs and takes the one of its local rank, "
-        "so NCCL keeps peer-to-peer (NVLink) paths that per-task device cgroups can hide; closest or single:1 where the site wants "
-        "it (a rank that sees one GPU uses it).",
+        "so NCCL keeps peer-to-peer (NVLink) paths that per-task device cgroups can hide; single:1 where the site wants it (each "
+        "rank then uses the one GPU it sees; seeing some but not all is refused, since two ranks would share one).",
     )
     signal_seconds: int = Field(300, ge=10, description="Slurm sends USR1 this long before the time limit; the trainer checkpoints and the job requeues.")
     exit_grace_seconds: int = Field(120, ge=1, description="srun --wait: once one rank exits, the others are killed after this long.")

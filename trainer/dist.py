@@ -42,14 +42,16 @@ def expand_nodelist(nodelist: str) -> list[str]:
             if ranges:
                 values = []
                 for part in ranges.split(","):
-                    low, _, high = part.partition("-")
-                    if not low.isdigit() or (high and not high.isdigit()):
+                    low, dash, high = part.partition("-")
+                    if not low.isdigit() or (dash and not high.isdigit()) or (high and int(high) < int(low)):
                         raise UserError(f"cannot read the Slurm node list {nodelist!r}: {part!r} is not a number or a range; "
                                         f"set MASTER_ADDR to the first node's name")
                     width = len(low)
                     values += [str(number).zfill(width) for number in range(int(low), int(high or low) + 1)]
             expanded = [prefix + literal + value for prefix in expanded for value in values]
         hosts += expanded
+    if not hosts:
+        raise UserError(f"the Slurm node list {nodelist!r} names no host; set MASTER_ADDR to the first node's name")
     return hosts
 
 

@@ -18,14 +18,27 @@ from trainer.schedule import learning_rate
 
 
 def init_distributed(placement: Placement, device: str, timeout_minutes: float = 30.0) -> None:
-    """env:// rendezvous from any launcher (DeepSpeed reads no SLURM_* variable itself); NCCL on GPUs, gloo on CPU.
-    A rank that sees one GPU (srun --gpu-bind or --gpus-per-task gave it its own) uses that one; otherwise the GPU
-    of its local rank."""
+    """env:// rendezvous from any launcher (DeepSpeed reads no SLURM_* variable itself); NCCL on GPUs, gloo on CPU."""
     os.environ.update(placement.environment())
     if device == "cuda":
-        torch.cuda.set_device(placement.local_rank % torch.cuda.device_count())
+        # Ranks on this node: torchrun/deepspeed say LOCAL_WORLD_SIZE; Slurm SLURM_NTASKS_PER_NODE ("8" or "8(x4)").
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0)
+        torch.cuda.set_device(gpu_index(placement.local_rank, torch.cuda.device_count(), local_ranks))
     deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False,
                                timeout=datetime.timedelta(minutes=timeout_minutes))
+
+
+def gpu_index(local_rank: int, visible: int, local_ranks: int) -> int:
+    """The GPU a rank uses: the only one it sees (srun --gpu-bind=single:1 or --gpus-per-task=1 gave it its own), or
+    the one of its local rank when it sees them all; anything between would put two ranks on one GPU."""
+    if visible == 1:
+        return 0
+    if local_rank < visible and (local_ranks == 0 or local_ranks <= visible):
+        return local_rank
+    from bertline.errors import UserError
+
+    raise UserError(f"local rank {local_rank} sees {visible} GPUs for {local_ranks or 'several'} ranks on its node: two ranks would "
+                    f"share a GPU; let every rank see one GPU (slurm.gpu_bind single:1) or all of them (slurm.gpu_bind none)")
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -59,7 +59,7 @@ def eval_sums(model, batches: Iterable[tuple[dict, bool]], device: torch.device 
             count = (inputs["masked_lm_labels"] != IGNORE_INDEX).sum()
             sequences = len(batch["input_ids"])
             sums += torch.stack([out.mlm_loss.double() * count, out.mlm_accuracy.double() * count, count.double(),
-                                 out.nsp_accuracy.double() * sequences, torch.tensor(float(sequences), dtype=torch.float64, device=device)])
+                                 out.nsp_accuracy.double() * sequences, torch.full((), float(sequences), dtype=torch.float64, device=device)])
     model.train(was_training)
     return dict(zip(names, sums.tolist()))
 

@@ -75,3 +75,20 @@ def test_waiting_for_a_universal_conversion(tmp_path):
         wait_for_universal(step, timeout_s=5, poll_s=0.05)
     (step / "universal").mkdir()
     assert wait_for_universal(step, timeout_s=5) == step / "universal"
+
+
+@pytest.mark.parametrize("nodelist", ["node[5-3]", "node[5-]", ",", ""])
+def test_a_nodelist_that_names_no_host_is_one_sentence(nodelist):
+    with pytest.raises(UserError, match=r"Slurm node list .*set MASTER_ADDR to the first node's name"):
+        expand_nodelist(nodelist)
+
+
+def test_each_rank_gets_a_gpu_of_its_own():
+    from trainer.engine import gpu_index
+
+    assert [gpu_index(rank, 8, 8) for rank in range(8)] == list(range(8))  # --gpu-bind=none: all visible
+    assert gpu_index(5, 1, 8) == 0  # --gpu-bind=single:1 / --gpus-per-task=1: its own
+    with pytest.raises(UserError, match=r"local rank 4 sees 4 GPUs for 8 ranks on its node: two ranks would share a GPU"):
+        gpu_index(4, 4, 8)  # --gpu-bind=closest on a two-socket node
+    with pytest.raises(UserError, match=r"two ranks would share a GPU"):
+        gpu_index(0, 4, 8)
