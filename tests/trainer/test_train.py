@@ -206,12 +206,15 @@ def test_fp16_scale_stuck_at_its_minimum_stops_the_run(shards, tmp_path):
     command = [*FP16_CHILD, "--inject-inf-at", "always", "--config", str(ROOT / "configs/train/debug_cpu.yaml"),
                "--data.shards", str(shards), "--run_dir", str(tmp_path / "stuck"), "--train.max_steps", "20",
                "--train.precision", "fp16", "--train.initial_scale_power", "2", "--train.hysteresis", "1",
-               "--train.max_steps_at_min_scale", "3"]
+               "--train.max_steps_at_min_scale", "3", "--log.interval", "10"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 3, result.stderr[-3000:]
     # 4 → 2 → 1, then an overflow at the minimum: DeepSpeed would raise; we stop with one sentence.
     assert "the fp16 loss scale hit its minimum (1.0) and still overflowed at step 3" in result.stderr
     assert "Traceback" not in result.stderr
+    # The steps queued inside the logging interval are the trace that explains it: recorded before stopping.
+    trace = [json.loads(line) for line in (tmp_path / "stuck" / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["step"], m["loss_scale"], m["skipped_steps"]) for m in trace] == [(1, 2.0, 1), (2, 1.0, 2)]
 
 
 def test_run_folder_has_tensorboard_events_and_a_report(shards, tmp_path):
