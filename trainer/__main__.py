@@ -64,6 +64,8 @@ class Trainer:
         self.engine = engine.build_engine(model, self.ds_config, schedule, config.optimizer.weight_decay,
                                           config.train.compile_backend if config.train.compile else None)
         torch.manual_seed(stable_hash(config.seed, "dropout", placement.rank) % 2**63)  # each rank its own dropout
+        self.on_cuda = torch.device(self.engine.device).type == "cuda"  # pinned host memory, asynchronous copies
+        self.pad_multiple = self._pad_multiple(shards)  # the training and the validation batches alike
         masking = MaskingSpec.for_tokenizer(
             shards.tokenizer["special_ids"], shards.tokenizer["vocab_size"],
             masked_lm_prob=config.data.masked_lm_prob, max_predictions_per_seq=shards.max_predictions_per_seq,
@@ -71,7 +73,7 @@ class Trainer:
         self.loader = PretrainingBatches(shards, LoaderSpec(
             micro_batch_size=config.data.micro_batch_size, world_size=placement.world_size, rank=placement.rank,
             seed=config.seed, masking=config.data.masking, masked_lm_prob=config.data.masked_lm_prob,
-            pad_to_multiple_of=self._pad_multiple(shards), fixed_length=config.data.fixed_length,
+            pad_to_multiple_of=self.pad_multiple, fixed_length=config.data.fixed_length,
             skip_corrupt_shards=config.data.skip_corrupt_shards,
         ), masking)
         if shards.total_samples < self.loader.global_batch:
@@ -148,7 +150,7 @@ class Trainer:
             log.warning("the validation split of %s holds %d samples, fewer than eval.samples=%d: %s", self.config.data.shards,
                         shards.total_samples, self.config.eval.samples, "evaluating on all of them" if self.eval_samples else "evaluation is off")
         spec = LoaderSpec(micro_batch_size=self.config.data.micro_batch_size, world_size=1, rank=0, seed=self.config.seed,
-                          pad_to_multiple_of=self._pad_multiple(shards), fixed_length=self.config.data.fixed_length)
+                          pad_to_multiple_of=self.pad_multiple, fixed_length=self.config.data.fixed_length)
         return PretrainingBatches(shards, spec, masking) if self.eval_samples else None
 
     def evaluate(self) -> dict:
@@ -166,12 +168,12 @@ class Trainer:
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """A host tensor on the engine's device without waiting for it (pinned, asynchronous on CUDA)."""
-        if torch.device(self.engine.device).type == "cuda":
+        if self.on_cuda:
             return tensor.pin_memory().to(self.engine.device, non_blocking=True)
         return tensor.to(self.engine.device)
 
     def _pinned(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.pin_memory() for k, v in batch.items()} if torch.device(self.engine.device).type == "cuda" else batch
+        return {k: v.pin_memory() for k, v in batch.items()} if self.on_cuda else batch
 
     def _too_small(self, shards: ShardSet) -> str:
         config = self.config.data
@@ -187,7 +189,7 @@ class Trainer:
                 # from the global RNG would shift the dropout stream of a resumed run.
                 batches = torch.utils.data.DataLoader(
                     self.loader, batch_size=None, num_workers=workers, generator=torch.Generator(),
-                    worker_init_fn=preemption.ignore_in_worker, pin_memory=torch.device(self.engine.device).type == "cuda",
+                    worker_init_fn=preemption.ignore_in_worker, pin_memory=self.on_cuda,
                 )
                 self._batches = iter(batches) if workers else Prefetched(batches)
             batch = next(self._batches, None)
@@ -278,7 +280,7 @@ class Trainer:
                           "padded_tflops": padded / seconds / 1e12, "mfu": self._mfu(real / seconds),
                           "padded_mfu": self._mfu(padded / seconds), "skipped_shards": len(self.skipped_shards),
                           "skipped_records": len(self.skipped_records),
-                          "gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.device(self.engine.device).type == "cuda" else None})
+                          "gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if self.on_cuda else None})
         self._pending = []
         return lines
 
