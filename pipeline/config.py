@@ -65,6 +65,13 @@ class TokenizerConfig(Section):
         description="When training SentencePiece: spell characters outside the vocabulary as UTF-8 byte pieces (256 of the "
         "vocabulary's entries) instead of [UNK], so no text becomes [UNK] (symbols, accents, rare CJK characters).",
     )
+    cjk_characters: bool = Field(
+        False,
+        description="When training SentencePiece (unigram): every Chinese ideograph is a piece of its own, as in Google's "
+        "Chinese BERT, instead of pieces spanning several; masking.whole_word with cjk_words=jieba still masks words whole. "
+        "Character pieces carry over to text of another domain or period (word pieces learnt on novels split reviews "
+        "oddly), and the vocabulary becomes the corpus's characters plus pieces of other scripts, up to vocab_size.",
+    )
     sample_sentences: int = Field(
         300_000, ge=100, description="At most this many sentences (a deterministic hash sample of the corpus) train SentencePiece."
     )
@@ -79,6 +86,9 @@ class TokenizerConfig(Section):
     def _path_matches_kind(self) -> "TokenizerConfig":
         if self.kind != "sentencepiece_train" and not self.path:
             raise ValueError(f"tokenizer.kind={self.kind} needs tokenizer.path (the model or vocab file)")
+        if self.cjk_characters and (self.kind != "sentencepiece_train" or self.model_type != "unigram"):
+            raise ValueError("tokenizer.cjk_characters shapes a SentencePiece vocabulary the job trains with model_type "
+                             "unigram; set tokenizer.kind=sentencepiece_train and tokenizer.model_type=unigram, or drop it")
         return self
 
 

@@ -12,6 +12,12 @@ from bertline.errors import UserError
 from shardformat.schema import SPECIAL_TOKENS
 
 _CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+# Ideographs as Google's BERT tokenizer counts them (_is_chinese_char): the unified blocks, their extensions and the
+# compatibility blocks; kana and Hangul are not among them, as they spell words.
+_IDEOGRAPH = re.compile("([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f])")
+# A private-use character marks piece boundaries for SentencePiece's trainer; one already in the text only adds a
+# boundary there, and the trainer removes it.
+_BOUNDARY = "\ue000"
 
 
 class Tokenizer(Protocol):
@@ -170,18 +176,26 @@ def load_tokenizer(kind: str, data: bytes, lowercase: bool = True, source: str |
 
 def train_sentencepiece(
     sentences: list[str], *, vocab_size: int, model_type: str, character_coverage: float, threads: int = 1,
-    byte_fallback: bool = True,
+    byte_fallback: bool = True, cjk_characters: bool = False,
 ) -> bytes:
     """Train SentencePiece with BERT's special tokens on `sentences` (already a bounded, ordered sample).
 
     No input shuffling, and a fixed thread count: SentencePiece's result depends on how many threads
     split the work (measured: 1 and 2 threads give different models, each reproducible), so the count is a
     setting, not the machine's core count.
+
+    cjk_characters: no piece spans two ideographs (SentencePiece's pretokenization_delimiter, unigram only), so
+    Chinese is spelled in characters as in Google's Chinese BERT; the vocabulary may then come out smaller than
+    vocab_size, as a corpus has only so many characters.
     """
     import sentencepiece
 
     if not sentences:
         raise UserError("no sentences reached the SentencePiece trainer; check that --input holds text")
+    extra = {}
+    if cjk_characters:
+        sentences = [_IDEOGRAPH.sub(f"{_BOUNDARY}\\1{_BOUNDARY}", sentence) for sentence in sentences]
+        extra = {"pretokenization_delimiter": _BOUNDARY, "hard_vocab_limit": False}
     writer = io.BytesIO()
     try:
         sentencepiece.SentencePieceTrainer.train(
@@ -200,6 +214,7 @@ def train_sentencepiece(
             num_threads=threads,
             byte_fallback=byte_fallback,  # characters outside the vocabulary become UTF-8 byte pieces, not [UNK]
             minloglevel=2,
+            **extra,
         )
     except RuntimeError as exc:
         # SentencePiece's text is "INTERNAL: file.cc(line) [check] Explanation."; keep the explanation.

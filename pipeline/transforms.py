@@ -215,6 +215,7 @@ class TrainTokenizerFn(beam.DoFn):
         model = tokenizer.train_sentencepiece(
             sentences, vocab_size=cfg.vocab_size, model_type=cfg.model_type, character_coverage=cfg.character_coverage,
             threads=cfg.training_threads, byte_fallback=cfg.byte_fallback,
+            cjk_characters=cfg.cjk_characters,
         )
         write.write_atomically(FileSystems.join(self.plan.output, self.plan.tokenizer_file), model)
         yield self.plan.tokenizer_file, tokenizer.file_sha256(model)

@@ -26,6 +26,8 @@ def test_dotted_overrides_are_typed_and_separated_from_beam_flags():
     ({"pairs.max_seq_length": 4}, "config key 'pairs.max_seq_length'"),
     ({"masking.mask_token_prob": 0.95}, "must not exceed 1"),
     ({"tokenizer.kind": "wordpiece"}, "needs tokenizer.path"),
+    ({"tokenizer.cjk_characters": True, "tokenizer.model_type": "bpe"}, "tokenizer.cjk_characters shapes a SentencePiece vocabulary"),
+    ({"tokenizer.cjk_characters": True, "tokenizer.kind": "wordpiece", "tokenizer.path": "v.txt"}, "set tokenizer.kind=sentencepiece_train"),
 ])
 def test_bad_config_is_one_sentence_naming_the_key(overrides, fragment):
     with pytest.raises(UserError, match=fragment.replace("(", r"\(")) as caught:

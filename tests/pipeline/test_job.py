@@ -137,6 +137,13 @@ def test_chinese_text_with_whole_word_masking(corpora, tmp_path, capsys):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["samples"] > 500
     assert manifest["splits"]["train"]["random_next"] > 0.3 * manifest["splits"]["train"]["samples"]
+    # chinese.yaml spells Chinese in characters: no piece of the trained vocabulary holds two ideographs.
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "out" / manifest["tokenizer"]["file"]))
+    pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+    assert max(sum("\u4e00" <= c <= "\u9fff" for c in piece) for piece in pieces) == 1
+    assert manifest["tokenizer"]["vocab_size"] < 5000  # the corpus's characters, fewer than vocab_size asks for
 
 
 def test_jsonl_gzip_and_parquet_inputs_together(tmp_path, capsys):

@@ -63,3 +63,26 @@ def test_vocabulary_smaller_than_the_alphabet_says_what_to_raise():
     chars = ["".join(chr(0x4E00 + (i * 7 + j) % 600) for j in range(12)) + "。" for i in range(300)]
     with pytest.raises(UserError, match=r"raise tokenizer.vocab_size \(byte fallback takes 256 entries\) or lower tokenizer.character_coverage$"):
         train_sentencepiece(chars, vocab_size=100, model_type="unigram", character_coverage=1.0)
+
+
+def test_cjk_characters_spells_chinese_in_single_ideographs_and_keeps_latin_pieces():
+    def ideographs(piece: str) -> int:
+        return sum(0x3400 <= ord(c) <= 0x9FFF or 0x20000 <= ord(c) <= 0x2FA1F for c in piece)
+
+    text = TEXT + ["曹操曰吾欲取之，玄德大惊曰：曹操又来矣。"] * 40
+    words = load_tokenizer("sentencepiece", train_sentencepiece(text, vocab_size=70, model_type="unigram", character_coverage=1.0, byte_fallback=False))
+    pieces = [words._sp.id_to_piece(i) for i in range(words.vocab_size)]
+    assert any(ideographs(p) > 1 for p in pieces)  # without the option the trainer learns 曹操-like pieces
+
+    model = train_sentencepiece(text, vocab_size=120, model_type="unigram", character_coverage=1.0, byte_fallback=False, cjk_characters=True)
+    assert model == train_sentencepiece(text, vocab_size=120, model_type="unigram", character_coverage=1.0, byte_fallback=False, cjk_characters=True)
+    chars = load_tokenizer("sentencepiece", model)
+    pieces = [chars._sp.id_to_piece(i) for i in range(chars.vocab_size)]
+    assert max(ideographs(p) for p in pieces) == 1
+    assert not any(p.startswith("\u2581") and ideographs(p) for p in pieces)  # one id per character, wherever it stands
+    sentence = "曹操曰吾欲取之。 The quick brown fox."
+    ids = chars.encode([sentence])[0]
+    assert [chars._sp.id_to_piece(i) for i in ids][:8] == ["\u2581", "曹", "操", "曰", "吾", "欲", "取", "之"]
+    assert chars._sp.decode(ids) == sentence
+    # Latin words still get multi-letter pieces: only ideographs are split.
+    assert any(len(chars._sp.id_to_piece(i).strip("\u2581")) > 1 for i in chars.encode(["The quick brown fox."])[0])
