@@ -4,7 +4,7 @@
     # needs the bench extra (accelerate): make bench installs it
 
 1. `bertline prepare` on `../shared/corpora/zh_novels` with configs/pipeline/chinese.yaml (SentencePiece trained in
-   the job, NFKC, jieba whole-word masking), sequence 128.
+   the job with Chinese in single characters, NFKC, jieba whole-word masking), sequence 128.
 2. `bertline train`: the `mini` preset (4 × 256) on CPU, 1 rank, DeepSpeed ZeRO-2; `bertline export` of its last step.
 3. `bertline finetune` on `../shared/downstream/zh_reviews` (14,025 train / 3,336 test) from that export, and from a
    folder of the same architecture and tokenizer with random weights; the same hyper-parameters and seed (one
