@@ -1,6 +1,6 @@
 """What pretraining buys on a real task, and whether our fine-tuning is right: Chinese review sentiment.
 
-    .venv/bin/python bench/downstream.py [--quick] [--pretrain-steps N --pretrain-lr LR --dupe-factor K] [--device cuda]
+    .venv/bin/python bench/downstream.py [--quick] [--pretrain-steps N --pretrain-lr LR --dupe-factor K] [--seeds S] [--device cuda]
     # needs the bench extra (accelerate): make bench installs it
 
 1. `bertline prepare` on `../shared/corpora/zh_novels` with configs/pipeline/chinese.yaml (SentencePiece trained in
@@ -12,7 +12,8 @@
 4. HuggingFace `Trainer` + `BertForSequenceClassification.from_pretrained(export)` with the same hyper-parameters
    (AdamW, linear warmup/decay, weight decay, clipping, batch, epochs, max length) on the same token ids: a check
    that our fine-tuning is right.
-Accuracy of the best epoch on test.jsonl, with its standard error sqrt(p(1-p)/n). Targets: pretrained beats random
+Accuracy of the best epoch on test.jsonl, with its standard error sqrt(p(1-p)/n); with --seeds S, the mean of S
+fine-tuning seeds per side, its standard error adding the seeds' variance / S. Targets: pretrained beats random
 init by ≥ 3 standard errors of the difference; ours within 1 point of HF's.
 """
 
@@ -47,6 +48,16 @@ def random_twin(export: Path, folder: Path) -> Path:
     settings = json.loads((export / "bertline_tokenizer.json").read_text())
     save_pretrained(BertModel(config), folder, tokenizer_files=(export / settings["file"], export / "bertline_tokenizer.json"))
     return folder
+
+
+def summarise(side: list[dict], n: int) -> dict:
+    """Mean accuracy over fine-tuning seeds, with its standard error: the test set's sampling error p(1-p)/n, which
+    more seeds on the same test set do not shrink, plus the seeds' variance over their number."""
+    accuracies = [r["eval_accuracy"] for r in side]
+    mean = sum(accuracies) / len(accuracies)
+    seed_var = sum((a - mean) ** 2 for a in accuracies) / (len(accuracies) - 1) if len(accuracies) > 1 else 0.0
+    return {"eval_accuracy": mean, "eval_loss": sum(r["eval_loss"] for r in side) / len(side), "se": math.sqrt(mean * (1 - mean) / n + seed_var / len(side)),
+            "seeds": accuracies, "epochs": side[0]["epochs"], "seconds": round(sum(r["seconds"] for r in side) / len(side), 1)}
 
 
 def subset(path: Path, rows: int | None, out: Path) -> Path:
@@ -106,6 +117,8 @@ def main() -> int:
     parser.add_argument("--pretrain-steps", type=int, default=None)
     parser.add_argument("--pretrain-lr", type=float, default=5e-4)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="Where pretraining and fine-tuning run (cuda: one GPU).")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="Fine-tune each side with this many seeds (42, 43, …) and compare means: a single run of each is about ±1 point apart by chance.")
     parser.add_argument("--dupe-factor", type=int, default=2, help="Masked copies of each document in the shards (masks are fixed at prepare time).")
     args = parser.parse_args()
     for path in (CORPUS, TASK / "train.jsonl"):
@@ -131,18 +144,21 @@ def main() -> int:
         pretrain_eval = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "eval_mlm_accuracy" in line][-1]
         train = subset(TASK / "train.jsonl", 1000 if args.quick else None, work / "train.jsonl")
         test = subset(TASK / "test.jsonl", 500 if args.quick else None, work / "test.jsonl")
-        results = {}
-        for name, model in (("pretrained", export), ("random init", random_twin(export, work / "random"))):
-            out = work / name.replace(" ", "-")
-            timing[name] = run([python, "-m", "bertline.cli", "finetune", "--model", str(model), "--train", str(train), "--eval", str(test),
-                                "--output", str(out), "--epochs", str(hp["epochs"]), "--lr", str(hp["lr"]), "--batch-size", str(hp["batch_size"]),
-                                "--warmup-ratio", str(hp["warmup_ratio"]), "--weight-decay", str(hp["weight_decay"]),
-                                "--max-length", str(hp["max_length"]), "--seed", str(hp["seed"]), "--device", args.device], work / f"{out.name}.log")
-            metrics = json.loads((out / "metrics.json").read_text())
-            results[name] = {**metrics["best"], "epochs": [e["eval_accuracy"] for e in metrics["epochs"]], "seconds": round(timing[name], 1)}
-        results["HuggingFace Trainer"] = hf_trainer(export, train, test, hp, work, args.device)
+        runs = {"pretrained": [], "random init": [], "HuggingFace Trainer": []}
+        random = random_twin(export, work / "random")
+        for seed in range(hp["seed"], hp["seed"] + args.seeds):
+            for name, model in (("pretrained", export), ("random init", random)):
+                out = work / f"{name.replace(' ', '-')}-{seed}"
+                seconds = run([python, "-m", "bertline.cli", "finetune", "--model", str(model), "--train", str(train), "--eval", str(test),
+                               "--output", str(out), "--epochs", str(hp["epochs"]), "--lr", str(hp["lr"]), "--batch-size", str(hp["batch_size"]),
+                               "--warmup-ratio", str(hp["warmup_ratio"]), "--weight-decay", str(hp["weight_decay"]),
+                               "--max-length", str(hp["max_length"]), "--seed", str(seed), "--device", args.device], work / f"{out.name}.log")
+                metrics = json.loads((out / "metrics.json").read_text())
+                runs[name].append({**metrics["best"], "epochs": [e["eval_accuracy"] for e in metrics["epochs"]], "seconds": round(seconds, 1)})
+            runs["HuggingFace Trainer"].append(hf_trainer(export, train, test, {**hp, "seed": seed}, work / f"hf-{seed}", args.device))
         n, train_rows = (sum(1 for _ in open(path, encoding="utf-8")) for path in (test, train))
-    se = {name: math.sqrt(r["eval_accuracy"] * (1 - r["eval_accuracy"]) / n) for name, r in results.items()}
+    results = {name: summarise(side, n) for name, side in runs.items()}
+    se = {name: r["se"] for name, r in results.items()}
     gain = results["pretrained"]["eval_accuracy"] - results["random init"]["eval_accuracy"]
     gain_se = gain / math.sqrt(se["pretrained"] ** 2 + se["random init"] ** 2)
     vs_hf = results["pretrained"]["eval_accuracy"] - results["HuggingFace Trainer"]["eval_accuracy"]
@@ -150,16 +166,17 @@ def main() -> int:
           f"{timing['pretrain']:.0f} s; held-out MLM accuracy {pretrain_eval.get('eval_mlm_accuracy', float('nan')):.3f}); zh_reviews "
           f"{train_rows} train / {n} test; {hp}")
     # The eval loss tells two runs apart when their accuracies tie (they are counts out of the test rows).
-    print("| fine-tuned from | accuracy (best epoch) | ± s.e. | eval loss | per epoch | wall s |\n|---|---|---|---|---|---|")
+    print(f"| fine-tuned from | accuracy (best epoch{', mean of seeds' if args.seeds > 1 else ''}) | ± s.e. | eval loss | "
+          f"{'per seed' if args.seeds > 1 else 'per epoch'} | wall s |\n|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['eval_accuracy']:.4f} | {se[name]:.4f} | {r['eval_loss']:.4f} | "
-              f"{', '.join(f'{a:.4f}' for a in r['epochs'])} | {r['seconds']:.0f} |")
+              f"{', '.join(f'{a:.4f}' for a in (r['seeds'] if args.seeds > 1 else r['epochs']))} | {r['seconds']:.0f} |")
     print(f"pretrained − random init: {gain * 100:+.2f} points = {gain_se:.1f} s.e. of the difference (target ≥ 3); "
           f"bertline − HF Trainer: {vs_hf * 100:+.2f} points (target within ±1)")
     met = gain_se >= 3 and abs(vs_hf) <= 0.01
     record({"what": f"zh_reviews accuracy, mini pretrained {steps} steps vs random init (in s.e. of the difference); vs HF Trainer",
             "ratio": gain_se, "target": "≥ 3 s.e., |ours − HF| ≤ 1 point", "met": met, "higher_is_better": True,
-            "results": results, "standard_errors": se, "pretrain_steps": steps, "hyperparameters": hp, "test_rows": n,
+            "results": results, "standard_errors": se, "pretrain_steps": steps, "fine_tuning_seeds": args.seeds, "hyperparameters": hp, "test_rows": n,
             "seconds": timing, "pretrain_eval": {k: v for k, v in pretrain_eval.items() if k.startswith("eval_")}})
     return 0
 
