@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -54,10 +55,10 @@ def summarise(side: list[dict], n: int) -> dict:
     """Mean accuracy over fine-tuning seeds, with its standard error: the test set's sampling error p(1-p)/n, which
     more seeds on the same test set do not shrink, plus the seeds' variance over their number."""
     accuracies = [r["eval_accuracy"] for r in side]
-    mean = sum(accuracies) / len(accuracies)
-    seed_var = sum((a - mean) ** 2 for a in accuracies) / (len(accuracies) - 1) if len(accuracies) > 1 else 0.0
-    return {"eval_accuracy": mean, "eval_loss": sum(r["eval_loss"] for r in side) / len(side), "se": math.sqrt(mean * (1 - mean) / n + seed_var / len(side)),
-            "seeds": accuracies, "epochs": side[0]["epochs"], "seconds": round(sum(r["seconds"] for r in side) / len(side), 1)}
+    mean = statistics.fmean(accuracies)
+    seed_var = statistics.variance(accuracies) if len(accuracies) > 1 else 0.0
+    return {"eval_accuracy": mean, "eval_loss": statistics.fmean(r["eval_loss"] for r in side), "se": math.sqrt(mean * (1 - mean) / n + seed_var / len(side)),
+            "seeds": accuracies, "epochs": side[0]["epochs"], "seconds": round(statistics.fmean(r["seconds"] for r in side), 1)}
 
 
 def subset(path: Path, rows: int | None, out: Path) -> Path:
