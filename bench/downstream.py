@@ -1,7 +1,11 @@
 """What pretraining buys on a real task, and whether our fine-tuning is right: Chinese review sentiment.
 
-    .venv/bin/python bench/downstream.py [--quick] [--pretrain-steps N --pretrain-lr LR --dupe-factor K] [--seeds S] [--device cuda]
+    .venv/bin/python bench/downstream.py [--quick] [--pretrain-steps N --pretrain-lr LR --dupe-factor K] [--seeds S] [--epochs E] [--device cuda]
+    .venv/bin/python bench/downstream.py --pretrained RUN/checkpoints/stepNNNNNNNN [--seeds S] [--epochs E]
     # needs the bench extra (accelerate): make bench installs it
+
+With --pretrained, steps 1 and 2 are skipped: a step folder of a longer run (a GPU, or hours on CPU) is exported and
+compared instead; it must come from the chinese.yaml shards of step 1 for the random twin to share its tokenizer.
 
 1. `bertline prepare` on `../shared/corpora/zh_novels` with configs/pipeline/chinese.yaml (SentencePiece trained in
    the job with Chinese in single characters, NFKC, jieba whole-word masking), sequence 128.
@@ -121,7 +125,14 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=1,
                         help="Fine-tune each side with this many seeds (42, 43, …) and compare means: a single run of each is about ±1 point apart by chance.")
     parser.add_argument("--dupe-factor", type=int, default=2, help="Masked copies of each document in the shards (masks are fixed at prepare time).")
+    parser.add_argument("--pretrained", type=Path, default=None,
+                        help="Skip prepare and pretraining: fine-tune this step folder of a bertline run (RUN/checkpoints/stepNNNNNNNN).")
+    parser.add_argument("--epochs", type=int, default=1, help="Fine-tuning epochs, the same on every side (BERT's recipe is 2–4).")
     args = parser.parse_args()
+    if args.pretrained is not None and not (args.pretrained / "COMPLETE").exists():
+        print(f"bench/downstream.py: --pretrained {args.pretrained} is not a complete step folder of a bertline run "
+              f"(no COMPLETE marker); pass RUN/checkpoints/stepNNNNNNNN")
+        return 2
     for path in (CORPUS, TASK / "train.jsonl"):
         if not path.exists():
             print(f"bench/downstream.py: skipped: {path} is absent (the team's shared data sits beside the project root)")
@@ -129,20 +140,26 @@ def main() -> int:
     steps = args.pretrain_steps or (20 if args.quick else 600)
     # One epoch of 64-token reviews (the median review is 46 characters): three fine-tunings of the whole train set
     # cost about 15 minutes on 2 cores; 128 tokens or 3 epochs would triple that.
-    hp = {"epochs": 1, "lr": 2e-4, "batch_size": 32, "warmup_ratio": 0.1, "weight_decay": 0.01, "max_length": 64, "seed": 42}
+    hp = {"epochs": args.epochs, "lr": 2e-4, "batch_size": 32, "warmup_ratio": 0.1, "weight_decay": 0.01, "max_length": 64, "seed": 42}
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="bertline-downstream-") as scratch:
         work = Path(scratch)
         shards, run_dir, export = work / "shards", work / "pretrain", work / "export"
-        corpus = subset(CORPUS, 3000 if args.quick else None, work / "docs.txt")  # quick: the first chapters
-        timing = {"prepare": run([python, "-m", "bertline.cli", "prepare", "--config", "configs/pipeline/chinese.yaml", "--input", str(corpus),
-                                  "--output", str(shards), "--pairs.dupe_factor", str(args.dupe_factor)], work / "prepare.log")}
-        timing["pretrain"] = run([python, "-m", "trainer", "--config", "configs/train/debug_cpu.yaml", "--model.preset", "mini",
-                                  "--data.shards", str(shards), "--run_dir", str(run_dir), "--train.max_steps", str(steps),
-                                  "--data.micro_batch_size", "32", "--optimizer.lr", str(args.pretrain_lr), "--schedule.warmup_steps", str(max(1, steps // 20)),
-                                  "--train.device", args.device, "--checkpoint.interval", str(steps), "--eval.interval", str(max(1, steps // 5)), "--tensorboard", "false"], work / "pretrain.log")
-        run([python, "-m", "bertline.cli", "export", str(run_dir / "checkpoints" / f"step{steps:08d}"), str(export)], work / "export.log")
-        pretrain_eval = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "eval_mlm_accuracy" in line][-1]
+        if args.pretrained is None:
+            corpus = subset(CORPUS, 3000 if args.quick else None, work / "docs.txt")  # quick: the first chapters
+            timing = {"prepare": run([python, "-m", "bertline.cli", "prepare", "--config", "configs/pipeline/chinese.yaml", "--input", str(corpus),
+                                      "--output", str(shards), "--pairs.dupe_factor", str(args.dupe_factor)], work / "prepare.log")}
+            timing["pretrain"] = run([python, "-m", "trainer", "--config", "configs/train/debug_cpu.yaml", "--model.preset", "mini",
+                                      "--data.shards", str(shards), "--run_dir", str(run_dir), "--train.max_steps", str(steps),
+                                      "--data.micro_batch_size", "32", "--optimizer.lr", str(args.pretrain_lr), "--schedule.warmup_steps", str(max(1, steps // 20)),
+                                      "--train.device", args.device, "--checkpoint.interval", str(steps), "--eval.interval", str(max(1, steps // 5)), "--tensorboard", "false"], work / "pretrain.log")
+            step_folder = run_dir / "checkpoints" / f"step{steps:08d}"
+        else:
+            step_folder, timing = args.pretrained, {"prepare": math.nan, "pretrain": math.nan}
+            run_dir, steps = step_folder.parent.parent, int(step_folder.name.removeprefix("step"))
+        run([python, "-m", "bertline.cli", "export", str(step_folder), str(export)], work / "export.log")
+        evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "eval_mlm_accuracy" in line]
+        pretrain_eval = ([e for e in evals if e["step"] <= steps] or [{}])[-1]  # the step's own (or latest earlier) held-out figures
         train = subset(TASK / "train.jsonl", 1000 if args.quick else None, work / "train.jsonl")
         test = subset(TASK / "test.jsonl", 500 if args.quick else None, work / "test.jsonl")
         runs = {"pretrained": [], "random init": [], "HuggingFace Trainer": []}
@@ -163,8 +180,9 @@ def main() -> int:
     gain = results["pretrained"]["eval_accuracy"] - results["random init"]["eval_accuracy"]
     gain_se = gain / math.sqrt(se["pretrained"] ** 2 + se["random init"] ** 2)
     vs_hf = results["pretrained"]["eval_accuracy"] - results["HuggingFace Trainer"]["eval_accuracy"]
-    print(f"bench/downstream.py: mini pretrained {steps} steps × 32 on zh_novels (prepare {timing['prepare']:.0f} s, pretrain "
-          f"{timing['pretrain']:.0f} s; held-out MLM accuracy {pretrain_eval.get('eval_mlm_accuracy', float('nan')):.3f}); zh_reviews "
+    origin = (f"{args.pretrained} ({steps} steps" if args.pretrained else
+              f"mini pretrained {steps} steps × 32 on zh_novels (prepare {timing['prepare']:.0f} s, pretrain {timing['pretrain']:.0f} s")
+    print(f"bench/downstream.py: {origin}; held-out MLM accuracy {pretrain_eval.get('eval_mlm_accuracy', float('nan')):.3f}); zh_reviews "
           f"{train_rows} train / {n} test; {hp}")
     # The eval loss tells two runs apart when their accuracies tie (they are counts out of the test rows).
     print(f"| fine-tuned from | accuracy (best epoch{', mean of seeds' if args.seeds > 1 else ''}) | ± s.e. | eval loss | "
