@@ -65,6 +65,48 @@ def summarise(side: list[dict], n: int) -> dict:
             "seeds": accuracies, "epochs": side[0]["epochs"], "seconds": round(statistics.fmean(r["seconds"] for r in side), 1)}
 
 
+def linear_probe(model: Path, train: Path, test: Path, max_length: int) -> float:
+    """Test accuracy of an L2-regularised logistic regression on the frozen encoder's mean-pooled last layer
+    (standardised on the train set, full-batch L-BFGS): what the weights already hold, without fine-tuning's
+    seed noise. Deterministic for a folder."""
+    import torch
+
+    from finetune import data, source
+
+    encoder, tokenizer = source.load(model)
+    encoder.eval()
+    labels = data.LabelMap(("0", "1"))
+    pad = tokenizer.special_ids["[PAD]"]
+
+    def features(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = data.encode_classification(data.read_rows(path), path, tokenizer.encode, tokenizer.special_ids, labels,
+                                             max_length, "text", None, "label")
+        pooled = []
+        for start in range(0, len(encoded), 256):
+            batch = {k: torch.from_numpy(v) for k, v in data.collate(encoded, range(start, min(start + 256, len(encoded))), pad).items()}
+            with torch.no_grad():
+                hidden = encoder(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled.append((hidden * mask).sum(1) / mask.sum(1))
+        return torch.cat(pooled), torch.as_tensor(encoded.labels)
+
+    (x_train, y_train), (x_test, y_test) = features(train), features(test)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    weight = torch.zeros(x_train.shape[1], 2, requires_grad=True)
+    bias = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=200)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x_train @ weight + bias, y_train) + 1e-3 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(((x_test @ weight + bias).argmax(1) == y_test).float().mean())
+
+
 def subset(path: Path, rows: int | None, out: Path) -> Path:
     if rows is None:
         return path
@@ -174,6 +216,7 @@ def main() -> int:
                 metrics = json.loads((out / "metrics.json").read_text())
                 runs[name].append({**metrics["best"], "epochs": [e["eval_accuracy"] for e in metrics["epochs"]], "seconds": round(seconds, 1)})
             runs["HuggingFace Trainer"].append(hf_trainer(export, train, test, {**hp, "seed": seed}, work / f"hf-{seed}", args.device))
+        probe = {"pretrained": linear_probe(export, train, test, hp["max_length"]), "random init": linear_probe(random, train, test, hp["max_length"])}
         n, train_rows = (sum(1 for _ in open(path, encoding="utf-8")) for path in (test, train))
     results = {name: summarise(side, n) for name, side in runs.items()}
     se = {name: r["se"] for name, r in results.items()}
@@ -192,10 +235,12 @@ def main() -> int:
               f"{', '.join(f'{a:.4f}' for a in (r['seeds'] if args.seeds > 1 else r['epochs']))} | {r['seconds']:.0f} |")
     print(f"pretrained − random init: {gain * 100:+.2f} points = {gain_se:.1f} s.e. of the difference (target ≥ 3); "
           f"bertline − HF Trainer: {vs_hf * 100:+.2f} points (target within ±1)")
+    # Fine-tuning can hide what pretraining left in the weights (or make up for its absence): the probe reads them frozen.
+    print(f"linear probe on frozen mean-pooled features: pretrained {probe['pretrained']:.4f}, random init {probe['random init']:.4f}")
     met = gain_se >= 3 and abs(vs_hf) <= 0.01
     record({"what": f"zh_reviews accuracy, mini pretrained {steps} steps vs random init (in s.e. of the difference); vs HF Trainer",
             "ratio": gain_se, "target": "≥ 3 s.e., |ours − HF| ≤ 1 point", "met": met, "higher_is_better": True,
-            "results": results, "standard_errors": se, "pretrain_steps": steps, "fine_tuning_seeds": args.seeds, "hyperparameters": hp, "test_rows": n,
+            "results": results, "standard_errors": se, "linear_probe": probe, "pretrain_steps": steps, "fine_tuning_seeds": args.seeds, "hyperparameters": hp, "test_rows": n,
             "seconds": timing, "pretrain_eval": {k: v for k, v in pretrain_eval.items() if k.startswith("eval_")}})
     return 0
 
