@@ -4,8 +4,8 @@
     .venv/bin/python bench/downstream.py --pretrained RUN/checkpoints/stepNNNNNNNN [--seeds S] [--epochs E]
     # needs the bench extra (accelerate): make bench installs it
 
-With --pretrained, steps 1 and 2 are skipped: a step folder of a longer run (a GPU, or hours on CPU) is exported and
-compared instead; it must come from the chinese.yaml shards of step 1 for the random twin to share its tokenizer.
+With --pretrained, steps 1 and 2 are skipped: the step folder of a longer run (on a GPU, or hours on CPU) is exported
+and compared instead; the random twin takes that run's architecture and tokenizer.
 
 1. `bertline prepare` on `../shared/corpora/zh_novels` with configs/pipeline/chinese.yaml (SentencePiece trained in
    the job with Chinese in single characters, NFKC, jieba whole-word masking), sequence 128.
@@ -200,7 +200,8 @@ def main() -> int:
             step_folder, timing = args.pretrained, {"prepare": math.nan, "pretrain": math.nan}
             run_dir, steps = step_folder.parent.parent, int(step_folder.name.removeprefix("step"))
         run([python, "-m", "bertline.cli", "export", str(step_folder), str(export)], work / "export.log")
-        evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "eval_mlm_accuracy" in line]
+        metrics_file = run_dir / "metrics.jsonl"  # absent when a step folder was copied out of its run
+        evals = [json.loads(line) for line in metrics_file.read_text().splitlines() if "eval_mlm_accuracy" in line] if metrics_file.exists() else []
         pretrain_eval = ([e for e in evals if e["step"] <= steps] or [{}])[-1]  # the step's own (or latest earlier) held-out figures
         train = subset(TASK / "train.jsonl", 1000 if args.quick else None, work / "train.jsonl")
         test = subset(TASK / "test.jsonl", 500 if args.quick else None, work / "test.jsonl")
