@@ -43,12 +43,12 @@ def load_step(step_folder: Path) -> TrainedModel:
     """A step folder's gathered fp32 weights in a BertForPreTraining, with the run's tokenizer."""
     from model import BertForPreTraining
     from trainer import engine
-    from trainer.init_from import run_model_config
+    from trainer.init_from import run_description, run_model_config
 
     if not (step_folder / checkpoint.MARKER).exists():
         raise UserError(f"{step_folder} is not a complete checkpoint (no {checkpoint.MARKER} marker); pick a finished step")
     run_dir = step_folder.parent.parent
-    described = json.loads((run_dir / "model_config.json").read_text())
+    described = run_description(step_folder, "step folder")
     tokenizer_file, tokenizer_sha256 = run_tokenizer(run_dir, described)
     model = BertForPreTraining(run_model_config(described))
     state = engine.consolidated_state_dict(str(step_folder.parent), step_folder.name)

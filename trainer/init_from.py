@@ -53,6 +53,16 @@ def run_model_config(described: dict) -> BertConfig:
     return BertConfig.from_dict({k: v for k, v in described.items() if k not in RUN_KEYS})
 
 
+def run_description(step_folder: Path, what: str) -> dict:
+    """The <run_dir>/model_config.json a checkpoint's run recorded; one sentence when the step folder was moved out of
+    its run (the weights alone do not say the model's shape or its tokenizer)."""
+    described_path = step_folder.parent.parent / "model_config.json"
+    if not described_path.exists():
+        raise UserError(f"{what} {step_folder} is a checkpoint but {described_path} is missing; pass a step folder "
+                        f"inside a bertline run folder (<run_dir>/checkpoints/stepNNNNNNNN)")
+    return json.loads(described_path.read_text())
+
+
 def open_source(path: str | Path) -> Source:
     """A step folder (it has the COMPLETE marker) or a HuggingFace BERT folder (config.json + weights)."""
     from model.hf import WEIGHT_FILES, config_from_hf
@@ -63,11 +73,7 @@ def open_source(path: str | Path) -> Source:
         raise UserError(f"model.init_from {path} does not exist; pass <run_dir>/checkpoints/stepNNNNNNNN of a bertline run "
                         f"or a HuggingFace BERT folder (config.json and model.safetensors or pytorch_model.bin)")
     if (path / checkpoint.MARKER).exists():
-        described_path = path.parent.parent / "model_config.json"
-        if not described_path.exists():
-            raise UserError(f"model.init_from {path} is a checkpoint but {described_path} is missing; pass a step folder "
-                            f"inside a bertline run folder (<run_dir>/checkpoints/stepNNNNNNNN)")
-        described = json.loads(described_path.read_text())
+        described = run_description(path, "model.init_from")
         tokenizer_file, sha256 = run_tokenizer(path.parent.parent, described)
         return Source(path, "run", run_model_config(described), tokenizer_file, sha256,
                       described.get("tokenizer_kind"), described.get("tokenizer_lowercase"))

@@ -133,6 +133,22 @@ def test_a_source_bertline_cannot_continue_is_one_sentence(tmp_path, damage, mes
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_step_folder_moved_out_of_its_run_is_one_sentence_for_export_and_finetune(tmp_path):
+    """export, eval and finetune read a step folder through export.load_step: the run's model_config.json is missing."""
+    from finetune import source
+    from trainer.export import load_step
+
+    orphan = tmp_path / "copied" / "step00000010"
+    orphan.mkdir(parents=True)
+    (orphan / "COMPLETE").write_text('{"step": 10, "world_size": 1, "zero_stage": 2}')
+    for load in (load_step, source.load):
+        with pytest.raises(UserError) as error:
+            load(orphan)
+        message = str(error.value)
+        assert f"step folder {orphan} is a checkpoint but {tmp_path / 'model_config.json'} is missing" in message, message
+        assert "inside a bertline run folder" in message and "\n" not in message
+
+
 # --- end to end: the real engine in separate processes ---------------------------------------------------------
 
 
