@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import record, run_logged as run  # noqa: E402
+from trainer.checkpoint import MARKER, tag  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 CORPUS = SHARED / "corpora" / "zh_novels" / "docs.txt"
@@ -171,9 +172,9 @@ def main() -> int:
                         help="Skip prepare and pretraining: fine-tune this step folder of a bertline run (RUN/checkpoints/stepNNNNNNNN).")
     parser.add_argument("--epochs", type=int, default=1, help="Fine-tuning epochs, the same on every side (BERT's recipe is 2–4).")
     args = parser.parse_args()
-    if args.pretrained is not None and not (args.pretrained / "COMPLETE").exists():
+    if args.pretrained is not None and not (args.pretrained / MARKER).exists():
         print(f"bench/downstream.py: --pretrained {args.pretrained} is not a complete step folder of a bertline run "
-              f"(no COMPLETE marker); pass RUN/checkpoints/stepNNNNNNNN")
+              f"(no {MARKER} marker); pass RUN/checkpoints/stepNNNNNNNN")
         return 2
     for path in (CORPUS, TASK / "train.jsonl"):
         if not path.exists():
@@ -197,13 +198,12 @@ def main() -> int:
                                       "--train.device", args.device, "--checkpoint.interval", str(steps), "--eval.interval", str(max(1, steps // 5)),
                                       # the whole validation split (1,184 sequences), not debug_cpu.yaml's 80: ±0.01 noise hides the trend
                                       "--eval.samples", "2048", "--tensorboard", "false"], work / "pretrain.log")
-            step_folder = run_dir / "checkpoints" / f"step{steps:08d}"
+            step_folder = run_dir / "checkpoints" / tag(steps)
         else:
             step_folder, timing = args.pretrained, {"prepare": math.nan, "pretrain": math.nan}
-            run_dir, steps = step_folder.parent.parent, int(step_folder.name.removeprefix("step"))
+            run_dir, steps = step_folder.parent.parent, json.loads((step_folder / MARKER).read_text())["step"]
         run([python, "-m", "bertline.cli", "export", str(step_folder), str(export)], work / "export.log")
-        metrics_file = run_dir / "metrics.jsonl"  # absent when a step folder was copied out of its run
-        evals = [json.loads(line) for line in metrics_file.read_text().splitlines() if "eval_mlm_accuracy" in line] if metrics_file.exists() else []
+        evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "eval_mlm_accuracy" in line]
         pretrain_eval = ([e for e in evals if e["step"] <= steps] or [{}])[-1]  # the step's own (or latest earlier) held-out figures
         train = subset(TASK / "train.jsonl", 1000 if args.quick else None, work / "train.jsonl")
         test = subset(TASK / "test.jsonl", 500 if args.quick else None, work / "test.jsonl")
